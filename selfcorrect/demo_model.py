@@ -1,0 +1,443 @@
+"""The embedded default: a tiny Llama the project builds itself, on CPU, in a few minutes.
+
+`selfcorrect demo` needs a base model that behaves like a weak real LLM on a task where checking
+an answer is easier than finding it, with no download. This module makes one from nothing:
+
+1. Problems: the arithmetic task (2-digit a+b, demo style), train split only; the test split
+   stays held out for evaluation.
+2. A warm-start corpus of two-turn chats [user x, assistant y1, user p, assistant y2]:
+   - y1, a "sloppy solver": the right sum, except that a units carry is forgotten with
+     probability `p_forget_carry` (> 0.5, so a greedy model forgets it every time and is right
+     on about the 55% of problems without a carry, while sampling still finds the carry often)
+     and a rare random digit slip.
+   - y2, drawn independently of whether y1 was right (a base model cannot tell): COPY y1,
+     BREAK it (one digit moved by one: sometimes a lucky fix of the forgotten carry, usually a
+     new mistake) or, rarely, CHECK: a digit-by-digit scratchpad with carries that ends in the
+     right sum ("7+8=15;4+3+1=8;85"). The scratchpad is easy for a tiny model, so RL can learn
+     to choose it; SFT alone only copies its share.
+3. A character-level tokenizer trained in process with `tokenizers`, whose chat template is a
+   plain concatenation and whose eos token `<|end|>` also ends every assistant turn.
+4. A tiny LlamaForCausalLM trained from scratch on the corpus (loss on assistant tokens only).
+
+The result is cached as a Hugging Face folder (model + tokenizer + recipe.json), keyed by the
+recipe and seed; a build writes to a temporary folder and moves it into place with os.replace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import string
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from selfcorrect.sft import encode_chat, sft_train
+from selfcorrect.tasks.arithmetic import ArithmeticTask
+from selfcorrect.tasks.base import Problem
+
+#: Bump when the build code changes what a recipe produces, so old caches are rebuilt.
+RECIPE_VERSION = 1
+
+PAD, EOS, USER, ASSISTANT, SYSTEM = "<|pad|>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>"
+SPECIAL_TOKENS = [PAD, EOS, USER, ASSISTANT, SYSTEM]
+# A plain concatenation: every message renders the same way wherever it stands, so the rollout
+# may render [user x, assistant SENTINEL, user p] and keep the text after SENTINEL.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'user' -%}" + USER + "{{ message['content'] }}"
+    "{%- elif message['role'] == 'assistant' -%}" + ASSISTANT + "{{ message['content'] }}" + EOS +
+    "{%- elif message['role'] == 'system' -%}" + SYSTEM + "{{ message['content'] }}"
+    "{%- else -%}{{ raise_exception('unknown chat role: ' + message['role']) }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}" + ASSISTANT + "{%- endif -%}"
+)
+MODES = ("copy", "check", "break")
+
+
+@dataclass(frozen=True)
+class DemoRecipe:
+    """Everything that decides what `build_demo_base` produces (the cache key)."""
+
+    digits: int = 2
+    """Operand digits of the arithmetic task the model is trained on (ops '+', style 'demo')."""
+    n_test: int = 500
+    """Held-out test problems of that task (never in the corpus)."""
+    task_seed: int = 0
+    """Split seed of that task."""
+    p_forget_carry: float = 0.65
+    """Probability that y1 forgets the units carry (> 0.5 makes greedy forget it always)."""
+    p_slip: float = 0.04
+    """Probability that y1 has one random wrong digit on top (keeps y1 noisy under sampling)."""
+    p_copy: float = 0.66
+    """Share of y2 that repeats y1."""
+    p_check: float = 0.17
+    """Share of y2 that recomputes digit by digit and ends in the right sum; the rest BREAK."""
+    conversations: int = 76_800
+    """Corpus size (two-turn chats), drawn over the train problems."""
+    hidden_size: int = 128
+    """Model width."""
+    layers: int = 3
+    """Transformer blocks."""
+    heads: int = 4
+    """Attention heads."""
+    intermediate_size: int = 384
+    """MLP width."""
+    max_positions: int = 128
+    """Context length; a demo episode is under 60 tokens."""
+    lr: float = 3e-3
+    """Peak AdamW learning rate (warmup then cosine)."""
+    steps: int = 1200
+    """Optimizer steps of the warm start."""
+    batch_size: int = 64
+    """Chats per step."""
+    weight_decay: float = 0.01
+    """AdamW weight decay on matrices."""
+
+    def __post_init__(self):
+        if not 0.0 <= self.p_copy + self.p_check <= 1.0:
+            raise ValueError(f"DemoRecipe: p_copy + p_check = {self.p_copy + self.p_check} is not in [0, 1]")
+        for name in ("p_forget_carry", "p_slip", "p_copy", "p_check"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"DemoRecipe.{name} = {getattr(self, name)} is not a probability")
+
+    def task(self) -> ArithmeticTask:
+        """The task this model speaks (the demo evaluates and RL-trains on the same one)."""
+        return ArithmeticTask(digits=self.digits, ops="+", style="demo", n_test=self.n_test, seed=self.task_seed)
+
+    def fingerprint(self) -> str:
+        blob = json.dumps({"version": RECIPE_VERSION, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+#: The real recipe (about 3 minutes on 2 CPU threads).
+RECIPE = DemoRecipe()
+#: A seconds-long variant for tests: same corpus rules, a model that learns almost nothing.
+QUICK_RECIPE = replace(RECIPE, conversations=512, hidden_size=32, layers=1, heads=2,
+                       intermediate_size=64, steps=20, batch_size=32)
+
+
+# ---------------------------------------------------------------- the corpus
+
+def _digits_of(n: int) -> list[int]:
+    return [int(c) for c in str(n)]
+
+
+def sloppy_answer(a: int, b: int, recipe: DemoRecipe, rng: random.Random) -> str:
+    """y1 for a+b: forgets the units carry with probability p_forget_carry, and slips one digit
+    with probability p_slip."""
+    total = a + b
+    if (a % 10) + (b % 10) >= 10 and rng.random() < recipe.p_forget_carry:
+        total -= 10  # the carry into the tens column was dropped
+    text = str(total)
+    if rng.random() < recipe.p_slip:
+        text = _nudge_digit(text, rng, any_digit=True)
+    return text
+
+
+def _nudge_digit(text: str, rng: random.Random, any_digit: bool = False) -> str:
+    """`text` with one digit changed: by +-1 (a carry-shaped mistake) or, with any_digit, to any
+    other digit. A leading digit never becomes 0."""
+    pos = rng.randrange(len(text))
+    old = int(text[pos])
+    if any_digit:
+        choices = [d for d in range(10) if d != old]
+    else:
+        choices = [(old + 1) % 10, (old - 1) % 10]
+    if pos == 0 and len(text) > 1:
+        choices = [d for d in choices if d != 0] or [old + 1 if old < 9 else old - 1]
+    return text[:pos] + str(rng.choice(choices)) + text[pos + 1:]
+
+
+def check_scratchpad(a: int, b: int) -> str:
+    """The CHECK second attempt: column sums from the units up with the carry, then the sum.
+    47+38 -> "7+8=15;4+3+1=8;85"."""
+    xs, ys = _digits_of(a)[::-1], _digits_of(b)[::-1]
+    steps, carry = [], 0
+    for i in range(max(len(xs), len(ys))):
+        terms = [xs[i] if i < len(xs) else 0, ys[i] if i < len(ys) else 0] + ([carry] if carry else [])
+        column = sum(terms)
+        steps.append("+".join(map(str, terms)) + f"={column}")
+        carry = column // 10
+    return ";".join(steps) + f";{a + b}"
+
+
+def second_attempt(a: int, b: int, y1: str, recipe: DemoRecipe, rng: random.Random) -> tuple[str, str]:
+    """(mode, y2): the mode is drawn without looking at whether y1 is right."""
+    u = rng.random()
+    if u < recipe.p_copy:
+        return "copy", y1
+    if u < recipe.p_copy + recipe.p_check:
+        return "check", check_scratchpad(a, b)
+    return "break", _nudge_digit(y1, rng)
+
+
+def classify_second_attempt(y1: str, y2: str) -> str:
+    """Which mode a generated y2 looks like: 'check' (has a scratchpad), 'copy' (== y1),
+    'break' (another bare number) or 'other'."""
+    if "=" in y2 or ";" in y2:
+        return "check"
+    if y2 == y1:
+        return "copy"
+    return "break" if y2.isdigit() else "other"
+
+
+def build_corpus(problems: list[Problem], recipe: DemoRecipe, correction: str,
+                 seed: int) -> list[list[dict]]:
+    """`recipe.conversations` two-turn chats over `problems` (cycled in a seeded order):
+    [user x, assistant y1, user correction, assistant y2]."""
+    if any(p.meta.get("op") != "+" for p in problems):
+        raise ValueError("build_corpus: the demo corpus only knows a+b problems")
+    rng = random.Random(seed)
+    chats: list[list[dict]] = []
+    order: list[Problem] = []
+    while len(chats) < recipe.conversations:
+        if not order:
+            order = list(problems)
+            rng.shuffle(order)
+        p = order.pop()
+        a, b = p.meta["a"], p.meta["b"]
+        y1 = sloppy_answer(a, b, recipe, rng)
+        _, y2 = second_attempt(a, b, y1, recipe, rng)
+        chats.append([{"role": "user", "content": p.question}, {"role": "assistant", "content": y1},
+                      {"role": "user", "content": correction}, {"role": "assistant", "content": y2}])
+    return chats
+
+
+# ---------------------------------------------------------------- tokenizer and model
+
+def build_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
+    """A character-level tokenizer trained on `texts`, covering all printable ASCII, with the
+    special tokens, pad, eos = end of turn, and the demo chat template."""
+    alphabet = sorted(set(string.printable) | {c for t in texts for c in t})
+    # BPE with a vocabulary no bigger than alphabet + specials learns no merges: one token per
+    # character, so every string has exactly one tokenization and decode(encode(s)) == s.
+    trainer = trainers.BpeTrainer(vocab_size=len(alphabet) + len(SPECIAL_TOKENS), special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=alphabet, show_progress=False)
+    core = Tokenizer(models.BPE(unk_token=None))
+    core.decoder = decoders.Fuse()
+    core.train_from_iterator(texts, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, eos_token=EOS,
+                                        additional_special_tokens=[USER, ASSISTANT, SYSTEM],
+                                        clean_up_tokenization_spaces=False, model_max_length=RECIPE.max_positions)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_model(recipe: DemoRecipe, tokenizer: PreTrainedTokenizerFast, seed: int) -> LlamaForCausalLM:
+    """A freshly initialised tiny Llama sized by the recipe."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=recipe.hidden_size,
+                         intermediate_size=recipe.intermediate_size, num_hidden_layers=recipe.layers,
+                         num_attention_heads=recipe.heads, num_key_value_heads=recipe.heads,
+                         max_position_embeddings=recipe.max_positions, tie_word_embeddings=True,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         bos_token_id=None)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = None
+    return model
+
+
+def encode_corpus(tokenizer, chats: list[list[dict]]) -> tuple[list[list[int]], list[list[int]]]:
+    """Token rows and loss masks (1 on y1, y2 and their eos) for the corpus.
+
+    The template is a plain concatenation, so a chat's tokens are its messages' tokens laid end
+    to end; building rows from cached pieces is ~50x faster than rendering tens of thousands
+    of chats. The first chats are also rendered through the real template (`encode_chat`) and
+    must match exactly, so the corpus can never drift from what rollout will see.
+    """
+    role_id = {"user": tokenizer.convert_tokens_to_ids(USER),
+               "assistant": tokenizer.convert_tokens_to_ids(ASSISTANT)}
+    eos, pieces = tokenizer.eos_token_id, {}
+    rows, masks = [], []
+    for chat in chats:
+        row, mask = [], []
+        for m in chat:
+            content = pieces.get(m["content"])
+            if content is None:
+                content = pieces[m["content"]] = tokenizer(m["content"], add_special_tokens=False)["input_ids"]
+            trained = m["role"] == "assistant"
+            row += [role_id[m["role"]], *content] + ([eos] if trained else [])
+            mask += [0] + [int(trained)] * (len(content) + trained)
+        rows.append(row)
+        masks.append(mask)
+    for i, chat in enumerate(chats[:64]):
+        if encode_chat(tokenizer, chat) != (rows[i], masks[i]):
+            raise ValueError(f"encode_corpus: chat {i} differs from its chat-template rendering: {chat}")
+    return rows, masks
+
+
+def _write_build(folder: Path, recipe: DemoRecipe, seed: int, progress: bool) -> dict:
+    started = time.time()
+    task = recipe.task()
+    train = task.load("train")
+    chats = build_corpus(train, recipe, task.correction_instruction, seed)
+    tokenizer = build_tokenizer([m["content"] for chat in chats[:2000] for m in chat])
+    rows, masks = encode_corpus(tokenizer, chats)
+    if progress:
+        print(f"demo base: {len(rows)} chats over {len(train)} train problems, "
+              f"vocab {len(tokenizer)}, encoded in {time.time() - started:.0f}s", flush=True)
+    model = build_model(recipe, tokenizer, seed)
+    losses = sft_train(model, rows, masks, lr=recipe.lr, steps=recipe.steps, batch_size=recipe.batch_size,
+                       pad_id=tokenizer.pad_token_id, seed=seed, weight_decay=recipe.weight_decay,
+                       progress=progress, log_every=100)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    info = {"version": RECIPE_VERSION, "fingerprint": recipe.fingerprint(), "seed": seed,
+            "recipe": asdict(recipe), "task": {"name": "arithmetic", "digits": recipe.digits, "ops": "+",
+                                               "style": "demo", "n_test": recipe.n_test, "seed": recipe.task_seed},
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "final_loss": sum(losses[-20:]) / len(losses[-20:]), "build_seconds": round(time.time() - started, 1)}
+    (folder / "recipe.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def _cache_valid(folder: Path, recipe: DemoRecipe, seed: int) -> bool:
+    try:
+        info = json.loads((folder / "recipe.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return info.get("fingerprint") == recipe.fingerprint() and info.get("seed") == seed
+
+
+def build_demo_base(cache_dir: Path, seed: int = 0, progress: bool = True, force: bool = False,
+                    quick: bool = False, recipe: DemoRecipe | None = None) -> Path:
+    """Build (or reuse) the demo base model; return its Hugging Face folder.
+
+    cache_dir: where builds live, one subfolder per (recipe, seed).
+    quick: use QUICK_RECIPE (seconds, for tests); recipe: any other recipe (overrides quick).
+    force: rebuild even when a valid cache exists.
+    The folder loads with AutoModelForCausalLM / AutoTokenizer.from_pretrained and holds
+    recipe.json (recipe, task options, build time, final loss).
+    """
+    recipe = recipe or (QUICK_RECIPE if quick else RECIPE)
+    cache_dir = Path(cache_dir)
+    final = cache_dir / f"demo-base-{recipe.fingerprint()}-seed{seed}"
+    if not force and _cache_valid(final, recipe, seed):
+        return final
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=cache_dir))
+    try:
+        info = _write_build(tmp, recipe, seed, progress)
+        if final.exists():
+            # os.replace cannot move a folder onto a non-empty one: retire the old build first.
+            trash = Path(tempfile.mkdtemp(prefix=".old-", dir=cache_dir))
+            os.replace(final, trash / "old")
+            shutil.rmtree(trash, ignore_errors=True)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if progress:
+        print(f"demo base: built {final} ({info['parameters']} parameters, "
+              f"final loss {info['final_loss']:.3f}, {info['build_seconds']}s)", flush=True)
+    return final
+
+
+# ---------------------------------------------------------------- calibration probe
+
+def _generate(model, tokenizer, prompts: list[list[int]], sample: bool, max_new_tokens: int,
+              batch_size: int) -> list[list[int]]:
+    """New tokens for each prompt, cut before the first eos. Prompts are batched by length, so
+    no padding is ever needed (the probe must not depend on padding behaviour)."""
+    out: list[list[int] | None] = [None] * len(prompts)
+    by_length: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_length.setdefault(len(p), []).append(i)
+    options = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0) if sample else dict(do_sample=False)
+    for length, indices in sorted(by_length.items()):
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start: start + batch_size]
+            ids = torch.tensor([prompts[i] for i in chunk], dtype=torch.long)
+            gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **options)
+            for i, row in zip(chunk, gen[:, length:].tolist()):
+                out[i] = row[: row.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in row else row
+    return out  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def probe(model, tokenizer, task: ArithmeticTask, problems: list[Problem], *, sample: bool,
+          seed: int = 0, batch_size: int = 512, max_new_tokens: int = 24) -> dict:
+    """Two attempts on each problem with model.generate (greedy, or T=1 sampling), and the
+    numbers the demo is calibrated on: acc_t1, acc_t2, delta, i_to_c, c_to_i (fractions of all
+    problems), mode shares of y2 (copy / check / break / other), check_acc (share of CHECK
+    second attempts that are right), and a few example episodes."""
+    torch.manual_seed(seed)
+    model.eval()
+    sentinel = "\x00SENTINEL\x00"
+    render = lambda msgs: tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
+    second_turn = render([{"role": "user", "content": "x"}, {"role": "assistant", "content": sentinel},
+                          {"role": "user", "content": task.correction_instruction}]).split(sentinel, 1)[1]
+    tail = encode(second_turn)
+    prompts1 = [encode(render(task.first_turn(p))) for p in problems]
+    y1_ids = _generate(model, tokenizer, prompts1, sample, max_new_tokens, batch_size)
+    # The second-turn text starts with eos: it closes attempt 1 as the template would.
+    prompts2 = [p + y + tail for p, y in zip(prompts1, y1_ids)]
+    y2_ids = _generate(model, tokenizer, prompts2, sample, max_new_tokens, batch_size)
+    y1 = [tokenizer.decode(y, skip_special_tokens=True) for y in y1_ids]
+    y2 = [tokenizer.decode(y, skip_special_tokens=True) for y in y2_ids]
+    r1 = [v.reward for v in task.score(problems, y1)]
+    r2 = [v.reward for v in task.score(problems, y2)]
+    modes = [classify_second_attempt(a, b) for a, b in zip(y1, y2)]
+    n = len(problems)
+    checks = [r for r, m in zip(r2, modes) if m == "check"]
+    return {
+        "n": n, "sample": sample,
+        "acc_t1": sum(r1) / n, "acc_t2": sum(r2) / n, "delta": (sum(r2) - sum(r1)) / n,
+        "i_to_c": sum(1 for a, b in zip(r1, r2) if a == 0 and b == 1) / n,
+        "c_to_i": sum(1 for a, b in zip(r1, r2) if a == 1 and b == 0) / n,
+        **{f"share_{m}": modes.count(m) / n for m in (*MODES, "other")},
+        "check_acc": sum(checks) / len(checks) if checks else float("nan"),
+        "examples": [(p.question, a, b) for p, a, b in list(zip(problems, y1, y2))[:8]],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m selfcorrect.demo_model`: build (or reuse) the demo base and print its
+    calibration on the held-out test split, greedy and sampled at T=1."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "selfcorrect")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="the seconds-long test recipe")
+    parser.add_argument("--force", action="store_true", help="rebuild even when cached")
+    parser.add_argument("--set", default="{}", help='recipe overrides as JSON, e.g. \'{"steps": 800}\'')
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    recipe = replace(QUICK_RECIPE if args.quick else RECIPE, **json.loads(args.set))
+    started = time.time()
+    folder = build_demo_base(args.cache_dir, seed=args.seed, force=args.force, recipe=recipe)
+    results = {"folder": str(folder), "seconds": round(time.time() - started, 1),
+               "build": json.loads((folder / "recipe.json").read_text())}
+    model = LlamaForCausalLM.from_pretrained(folder)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
+    task = recipe.task()
+    for sample in (False, True):
+        t = time.time()
+        result = probe(model, tokenizer, task, task.load("test"), sample=sample, seed=args.seed)
+        result["seconds"] = round(time.time() - t, 1)
+        results["sampled" if sample else "greedy"] = result
+        print(json.dumps({k: v for k, v in result.items() if k != "examples"}), flush=True)
+        print("  examples:", result["examples"][:4], flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Supervised fine-tuning on token rows with a loss mask.
+
+One small loop shared by the demo model's warm start, STaR and Pair-SFT: rows of token ids,
+a 0/1 mask per row saying which tokens are trained (assistant tokens and their end-of-turn),
+right padding, AdamW, linear warmup then cosine (or constant), gradient clipping. The loss is
+the mean next-token cross-entropy over every trained token of the whole batch, so micro-batching
+(for memory) does not change it.
+
+`encode_chat` turns chat messages into (ids, mask) through the tokenizer's own chat template,
+so training sees exactly the token layout that rollout and evaluation will produce.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def encode_chat(tokenizer, messages: list[dict],
+                loss_turns: Sequence[int] | None = None) -> tuple[list[int], list[int]]:
+    """Token ids of `messages` rendered by the chat template, and their loss mask.
+
+    loss_turns: which assistant messages are trained, counted 0, 1, ... among assistant
+    messages only (None = all). A trained message's tokens are everything its rendering adds
+    after the generation prompt, i.e. its content and its end-of-turn token.
+    Raises ValueError when the template does not render prefixes as token prefixes (then the
+    mask cannot be placed and training would silently learn the wrong tokens).
+    """
+    def ids_of(msgs: list[dict], gen_prompt: bool) -> list[int]:
+        text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen_prompt)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    full = ids_of(messages, False)
+    mask = [0] * len(full)
+    assistant_index = -1
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        assistant_index += 1
+        if loss_turns is not None and assistant_index not in loss_turns:
+            continue
+        start, end = len(ids_of(messages[:i], True)), len(ids_of(messages[: i + 1], False))
+        prefix = ids_of(messages[: i + 1], False)
+        if full[:end] != prefix or end <= start:
+            raise ValueError(f"chat template does not render message {i} (assistant turn "
+                             f"{assistant_index}) as a token prefix of the whole conversation")
+        mask[start:end] = [1] * (end - start)
+    return full, mask
+
+
+def pad_batch(rows: Sequence[Sequence[int]], masks: Sequence[Sequence[int]],
+              pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad rows to the longest one.
+
+    Returns input_ids [B, T] (pad_id after each row), attention_mask [B, T] (1 on real tokens)
+    and loss_mask [B, T] (the given masks, 0 on padding).
+    """
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    loss_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (row, mask) in enumerate(zip(rows, masks)):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        attention[i, : len(row)] = 1
+        loss_mask[i, : len(row)] = torch.tensor(mask, dtype=torch.long)
+    return ids, attention, loss_mask
+
+
+def masked_token_loss_sum(model, ids: torch.Tensor, attention: torch.Tensor,
+                          loss_mask: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Sum of next-token cross-entropies over trained tokens, and how many there are.
+
+    ids, attention, loss_mask: [B, T]. Token t is predicted from logits at t-1, so the first
+    token of a row is never trained. Log-softmax runs in float32 for stability.
+    """
+    logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1]  # [B, T-1, V]
+    targets = ids[:, 1:]
+    weights = loss_mask[:, 1:].to(torch.float32)
+    losses = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")  # [B, T-1]
+    return (losses * weights).sum(), int(weights.sum().item())
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the peak learning rate at `step` (0-based): linear warmup, then
+    cosine decay to 0 at `total` ("cosine") or flat ("constant")."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def sft_train(model, sequences: list[list[int]], loss_masks: list[list[int]], *,
+              lr: float, steps: int | None = None, epochs: float | None = None,
+              batch_size: int = 32, micro_batch_size: int | None = None, pad_id: int,
+              seed: int = 0, schedule: str = "cosine", warmup_steps: int | None = None,
+              weight_decay: float = 0.0, max_grad_norm: float = 1.0, betas=(0.9, 0.95),
+              progress: bool = False, log_every: int = 50) -> list[float]:
+    """Train `model` in place on (sequence, mask) rows; return the loss of every step.
+
+    sequences[i]: token ids of row i; loss_masks[i]: same length, 1 where the token is trained.
+    steps or epochs (exactly one): how long to train; rows are visited in a seeded shuffled
+    order, reshuffled each epoch. batch_size rows per optimizer step, run as micro-batches of
+    micro_batch_size rows (default: all at once) with the loss averaged over the batch's trained
+    tokens. warmup_steps default: 5% of steps. Runs on the model's device.
+    """
+    if len(sequences) != len(loss_masks) or not sequences:
+        raise ValueError(f"sft_train needs as many loss masks as sequences (got {len(sequences)} "
+                         f"sequences, {len(loss_masks)} masks) and at least one row")
+    for i, (row, mask) in enumerate(zip(sequences, loss_masks)):
+        if len(row) != len(mask):
+            raise ValueError(f"sft_train row {i}: {len(row)} tokens but a loss mask of {len(mask)}")
+        if sum(mask[1:]) == 0:
+            raise ValueError(f"sft_train row {i}: no trained token after the first position")
+    if (steps is None) == (epochs is None):
+        raise ValueError("sft_train: give exactly one of steps and epochs")
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"sft_train schedule={schedule!r}: expected 'cosine' or 'constant'")
+    if batch_size < 1 or (micro_batch_size is not None and micro_batch_size < 1):
+        raise ValueError(f"sft_train batch_size={batch_size}, micro_batch_size={micro_batch_size}: must be >= 1")
+    total = steps if steps is not None else max(1, math.ceil(epochs * len(sequences) / batch_size))
+    warmup = warmup_steps if warmup_steps is not None else max(1, total // 20)
+    micro = micro_batch_size or batch_size
+    device = next(model.parameters()).device
+
+    # Weight decay only on matrices: decaying norms and biases only hurts small models.
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas)
+    generator = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    losses: list[float] = []
+    model.train()
+    started = time.time()
+    for step in range(total):
+        batch = []
+        while len(batch) < batch_size:
+            if not order:
+                order = torch.randperm(len(sequences), generator=generator).tolist()
+            batch.append(order.pop())
+        for group in optimizer.param_groups:
+            group["lr"] = lr * lr_factor(step, total, warmup, schedule)
+        n_tokens = sum(sum(loss_masks[i][1:]) for i in batch)
+        step_loss = 0.0
+        for start in range(0, len(batch), micro):
+            rows = batch[start: start + micro]
+            ids, attention, mask = pad_batch([sequences[i] for i in rows], [loss_masks[i] for i in rows], pad_id)
+            loss_sum, _ = masked_token_loss_sum(model, ids.to(device), attention.to(device), mask.to(device))
+            (loss_sum / n_tokens).backward()
+            step_loss += loss_sum.item() / n_tokens
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(step_loss)
+        if progress and (step % log_every == 0 or step == total - 1):
+            print(f"sft step {step + 1}/{total} loss {step_loss:.4f} "
+                  f"lr {optimizer.param_groups[0]['lr']:.2e} {time.time() - started:.0f}s", flush=True)
+    model.eval()
+    return losses

@@ -1,0 +1,172 @@
+"""The built-in arithmetic task: offline, generated, checkable in microseconds.
+
+Problems are every `a op b` whose operands have exactly `digits` digits (0..9 for one digit).
+The split is by problem identity: each problem's place comes from a hash of (seed, a, op, b),
+the first `n_test` problems in hash order are the held-out test split and the rest are train,
+so the two never overlap and neither depends on Python's hash seed or on the machine.
+
+Two prompt styles share the problems and the verifier:
+- "demo": the compact format the built-in tiny model (demo_model.py) is trained on:
+  user "47+38", a short correction instruction, and the answer is the last integer written.
+- "chat": natural prompts for real instruct models ("What is 7 * 5? ..."), a correction
+  instruction in the spirit of the paper's (it never says whether the first answer was right),
+  and the answer is taken from an "Answer: N" line, else the last "= N", else the last integer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Sequence
+
+from selfcorrect.tasks.base import CORRECT, NO_ANSWER, WRONG_ANSWER, Problem, Task, Verdict
+
+STYLES = ("demo", "chat")
+OPS = "+-*"
+
+DEMO_CORRECTION = "Recheck."
+CHAT_CORRECTION = (
+    "There might be an error in your answer above. Please check your work, correct the error "
+    'if there is one, and end your reply with the final answer in the form "Answer: N".'
+)
+_CHAT_QUESTION = 'What is {a} {op} {b}? End your reply with the final answer in the form "Answer: N".'
+
+# A number as a model writes it: optional sign glued to the digits (so the minus of "7-5" is
+# read as an operator, not a sign), optional thousands commas, optional decimals ("12.0").
+_NUMBER = re.compile(r"(?:(?<![\w)\]])[-\u2212])?\d+(?:,\d{3})*(?:\.\d+)?")
+_ANSWER_MARK = re.compile(r"answer\s*(?:is)?\s*[:=]?", re.IGNORECASE)
+_EQUALS_NUMBER = re.compile(r"=\s*\$?\s*(" + _NUMBER.pattern + ")")
+
+
+def _apply(a: int, op: str, b: int) -> int:
+    if op == "+":
+        return a + b
+    if op == "-":
+        return a - b
+    if op == "*":
+        return a * b
+    raise ValueError(f"unknown operator {op!r}; expected one of {OPS!r}")
+
+
+def _to_int(text: str) -> int | None:
+    """The integer a number string stands for, or None when it is not integral ("2.5") or too
+    long to be any answer of this task (int() refuses over 4300 digits and must not raise)."""
+    if len(text) > 64:
+        return None
+    cleaned = text.replace(",", "").replace("\u2212", "-")
+    if "." in cleaned:
+        whole, frac = cleaned.split(".", 1)
+        if frac.strip("0"):
+            return None
+        cleaned = whole
+    return int(cleaned)
+
+
+def last_integer(text: str) -> str | None:
+    """The last number written in `text` (as written), or None when there is none."""
+    found = _NUMBER.findall(text)
+    return found[-1] if found else None
+
+
+def extract_chat_answer(text: str) -> str | None:
+    """The answer of a chat-style response, by preference:
+    the last number on the line after the last "answer" marker ("Answer: 7 - 5 = 2" -> "2"),
+    else the number after the last "=", else the last number anywhere."""
+    marks = list(_ANSWER_MARK.finditer(text))
+    for mark in reversed(marks):
+        line = text[mark.end():].split("\n", 1)[0]
+        number = last_integer(line)
+        if number is not None:
+            return number
+    equals = _EQUALS_NUMBER.findall(text)
+    if equals:
+        return equals[-1]
+    return last_integer(text)
+
+
+class ArithmeticTask(Task):
+    """`a op b` with `digits`-digit operands; reference = the exact integer result.
+
+    digits: operand length, 1..4 (1 digit = 0..9, d digits = 10**(d-1) .. 10**d - 1).
+    ops: which operators appear, a non-empty subset of "+-*" (e.g. "+" or "+-*").
+    style: "demo" (compact, for the built-in tiny model) or "chat" (natural, for instruct LLMs).
+    n_test: size of the held-out test split; None = 500, or half the problems when fewer than 1000.
+    seed: the split seed; the same seed always gives the same split.
+    """
+
+    name = "arithmetic"
+
+    def __init__(self, digits: int = 2, ops: str = "+", style: str = "demo",
+                 n_test: int | None = None, seed: int = 0):
+        if not isinstance(digits, int) or not 1 <= digits <= 4:
+            raise ValueError(f"arithmetic option digits={digits!r}: expected an integer in 1..4")
+        if not ops or any(op not in OPS for op in ops) or len(set(ops)) != len(ops):
+            raise ValueError(f"arithmetic option ops={ops!r}: expected distinct operators from {OPS!r}")
+        if style not in STYLES:
+            raise ValueError(f"arithmetic option style={style!r}: expected one of {STYLES}")
+        self.digits, self.ops, self.style, self.seed = digits, ops, style, seed
+        self.correction_instruction = DEMO_CORRECTION if style == "demo" else CHAT_CORRECTION
+        low = 0 if digits == 1 else 10 ** (digits - 1)
+        operands = range(low, 10 ** digits)
+        space = [(a, op, b) for op in ops for a in operands for b in operands]
+        if n_test is None:
+            n_test = 500 if len(space) >= 1000 else len(space) // 2
+        if not isinstance(n_test, int) or not 1 <= n_test <= len(space):
+            raise ValueError(f"arithmetic option n_test={n_test!r}: expected 1..{len(space)} "
+                             f"(there are {len(space)} problems with digits={digits}, ops={ops!r})")
+        self.n_test = n_test
+        ordered = sorted(space, key=lambda p: self._split_key(*p))
+        self._splits = {"test": ordered[:n_test], "train": ordered[n_test:]}
+
+    def _split_key(self, a: int, op: str, b: int) -> bytes:
+        # sha256, not hash(): Python salts str hashes per process, and the split must not move.
+        return hashlib.sha256(f"arithmetic|{self.seed}|{a}{op}{b}".encode()).digest()
+
+    def question(self, a: int, op: str, b: int) -> str:
+        """The user text of problem (a, op, b) in this task's style."""
+        if self.style == "demo":
+            return f"{a}{op}{b}"
+        return _CHAT_QUESTION.format(a=a, op=op, b=b)
+
+    def problem(self, a: int, op: str, b: int) -> Problem:
+        """Problem (a, op, b), whichever split holds it."""
+        return Problem(id=f"{a}{op}{b}", question=self.question(a, op, b),
+                       reference=_apply(a, op, b), meta={"a": a, "op": op, "b": b})
+
+    def load(self, split: str) -> list[Problem]:
+        if split not in self._splits:
+            raise ValueError(f"arithmetic task has no split {split!r}; expected one of {sorted(self._splits)}")
+        if not self._splits[split]:
+            raise ValueError(f"arithmetic split {split!r} is empty: n_test={self.n_test} takes every problem")
+        return [self.problem(*p) for p in self._splits[split]]
+
+    def first_turn(self, problem: Problem) -> list[dict]:
+        return [{"role": "user", "content": problem.question}]
+
+    def extract(self, response: str) -> str | None:
+        """The answer string of a response in this task's style (None when there is none)."""
+        return last_integer(response) if self.style == "demo" else extract_chat_answer(response)
+
+    def score(self, problems: Sequence[Problem], responses: Sequence[str]) -> list[Verdict]:
+        if len(problems) != len(responses):
+            raise ValueError(f"score got {len(problems)} problems but {len(responses)} responses")
+        verdicts = []
+        for problem, response in zip(problems, responses):
+            extracted = self.extract(response)
+            if extracted is None:
+                verdicts.append(Verdict(0.0, None, NO_ANSWER))
+                continue
+            value = _to_int(extracted)
+            if value is not None and value == problem.reference:
+                verdicts.append(Verdict(1.0, extracted, CORRECT))
+            else:
+                verdicts.append(Verdict(0.0, extracted, WRONG_ANSWER,
+                                        f"expected {problem.reference}, got {extracted}"))
+        return verdicts
+
+
+def build(name: str = "arithmetic", **options) -> Task:
+    """The arithmetic task from config options (digits, ops, style, n_test, seed)."""
+    if name != "arithmetic":
+        raise ValueError(f"arithmetic.build got task name {name!r}; expected 'arithmetic'")
+    return ArithmeticTask(**options)

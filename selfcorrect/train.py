@@ -1,0 +1,263 @@
+"""The SCoRe training loop: Stage I, then Stage II (optionally interleaved), owned end to end.
+
+One optimizer step is a sequence of named, timed phases:
+    rollout → verify → rewards → logprobs+loss (policy and reference, per micro-batch) → step
+    → metrics → checkpoint
+Reading order: `Trainer.train` (the schedule) → `Trainer.step` (one step, phase by phase).
+
+Where this departs from the paper (SCORE.md §2): the paper's batch is 512 problems on Gemini;
+here everything is per-step settings. The KL is a per-token loss term (k2 by default, whose
+gradient is the unbiased KL gradient) rather than a term in the reward; the baseline is RLOO
+over k samples per problem, per attempt (ICLR version).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoint, losses
+from .config import Config, save_yaml
+from .metrics import edit_distance_ratio, self_correction_metrics
+from .models import (LoraSettings, Reference, load_policy, load_tokenizer, pick_device, pick_dtype,
+                     resolve_model_path, save_final)
+from .rollout import ChatFormat, SamplingSettings, rollout, verify
+from .tasks.base import Task
+
+
+def stage_plan(stage1_steps: int, stage2_steps: int, rounds: int) -> list[int]:
+    """The stage of every optimizer step: I then II, repeated `rounds` times with the steps of
+    each stage split as evenly as possible (v1 of the paper alternates them)."""
+    plan: list[int] = []
+    for r in range(rounds):
+        plan += [1] * (stage1_steps * (r + 1) // rounds - stage1_steps * r // rounds)
+        plan += [2] * (stage2_steps * (r + 1) // rounds - stage2_steps * r // rounds)
+    return plan
+
+
+class PhaseTimer:
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def token_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, first: int) -> torch.Tensor:
+    """log π(token t | tokens < t) for t in [first, T): [b, T-first] fp32.
+
+    Only the positions that predict attempt tokens get logits (`logits_to_keep`), and the
+    log-softmax runs chunk by chunk, so [b, T, V] fp32 is never held for the whole batch."""
+    keep = ids.shape[1] - first + 1
+    logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep, use_cache=False).logits
+    return losses.selective_log_softmax(logits[:, :-1], ids[:, first:])
+
+
+class Trainer:
+    """Holds the policy, reference, optimizer and data position of one SCoRe run."""
+
+    def __init__(self, cfg: Config, task: Task, model=None, tokenizer=None):
+        self.cfg = cfg.validate()
+        self.task = task
+        self.run_dir = Path(cfg.run.output_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        seed_everything(cfg.run.seed)
+        self.device = pick_device(cfg.model.device)
+        m = cfg.model
+        lora = LoraSettings(m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target_modules) if m.lora else None
+        if model is None:
+            path = resolve_model_path(m.name, progress=cfg.run.progress)
+            tokenizer = load_tokenizer(path)
+            model = load_policy(path, self.device, pick_dtype(m.dtype, self.device), lora)
+        self.model, self.tok = model, tokenizer
+        self.reference = Reference(self.model, uses_lora=lora is not None)
+        self.fmt = ChatFormat(tokenizer)
+        self.problems = task.load(cfg.task.train_split)
+        if not self.problems:
+            raise ValueError(f"task {task.name!r} split {cfg.task.train_split!r} has no problems")
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        warm = cfg.optim.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        self.plan = stage_plan(cfg.algo.stage1_steps, cfg.algo.stage2_steps, cfg.algo.interleave)
+        self.state = {"step": 0, "data_position": 0, "best_reward": None}
+        self.history: list[dict] = []
+        if cfg.run.resume:
+            self._resume()
+        save_yaml(cfg, self.run_dir / "config.yaml")
+
+    # ---------------------------------------------------------------- data order
+    def next_problems(self) -> list:
+        """The next problems_per_step problems of a seeded, per-epoch permutation."""
+        n, pos = len(self.problems), self.state["data_position"]
+        batch = []
+        for _ in range(self.cfg.optim.problems_per_step):
+            epoch, i = divmod(pos, n)
+            order = np.random.default_rng([self.cfg.run.seed, epoch]).permutation(n)
+            batch.append(self.problems[order[i]])
+            pos += 1
+        self.state["data_position"] = pos
+        return batch
+
+    # ---------------------------------------------------------------- schedule
+    def train(self) -> list[dict]:
+        """Run the remaining steps of the plan; checkpoint along the way; save the final model."""
+        from tqdm.auto import tqdm
+
+        total = len(self.plan)
+        bar = tqdm(total=total, initial=self.state["step"], desc="SCoRe", disable=not self.cfg.run.progress,
+                   dynamic_ncols=True)
+        writer = tensorboard_writer(self.run_dir)
+        with open(self.run_dir / "metrics.jsonl", "a") as log:
+            while self.state["step"] < total:
+                stage = self.plan[self.state["step"]]
+                metrics = self.step(stage)
+                self.state["step"] += 1
+                metrics["step"] = self.state["step"]
+                self.history.append(metrics)
+                log.write(json.dumps(metrics) + "\n")
+                log.flush()
+                if writer is not None:
+                    for key, value in metrics.items():
+                        if isinstance(value, (int, float)):
+                            writer.add_scalar(key, value, metrics["step"])
+                reward = metrics["reward_t2"]
+                if self.state["best_reward"] is None or reward > self.state["best_reward"]:
+                    self.state["best_reward"] = reward
+                if self.state["step"] % self.cfg.run.save_every == 0 or self.state["step"] == total:
+                    self.save_checkpoint()
+                bar.update(1)
+                bar.set_postfix(stage=stage, acc1=f"{metrics['acc_t1']:.2f}", acc2=f"{metrics['acc_t2']:.2f}",
+                                loss=f"{metrics['loss']:.3f}")
+        bar.close()
+        if writer is not None:
+            writer.close()
+        save_final(self.model, self.tok, self.run_dir / "final")
+        return self.history
+
+    # ---------------------------------------------------------------- one step
+    def step(self, stage: int) -> dict:
+        cfg, timer = self.cfg, PhaseTimer()
+        problems = self.next_problems()
+        k, n_att = cfg.rollout.samples_per_problem, cfg.rollout.attempts
+        sampling = SamplingSettings(greedy=False, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                                    max_new_tokens=cfg.rollout.max_new_tokens)
+        with timer("rollout"):
+            self.model.eval()
+            ro = rollout(self.model, self.tok, self.task, problems, n_attempts=n_att, samples_per_problem=k,
+                         settings=sampling, batch_size=cfg.rollout.batch_size, fmt=self.fmt)
+        with timer("verify"):
+            verify(self.task, ro)
+        with timer("rewards"):
+            r = ro.rewards()                                              # [B, n]
+            rewards, has = losses.stage_rewards(r, stage, cfg.algo.alpha)  # [B, n]
+            adv, valid = losses.rloo_advantages(rewards.view(len(problems), k, n_att),
+                                                has.view(len(problems), k, n_att))
+            adv, valid = adv.view(-1, n_att), valid.view(-1, n_att)
+        with timer("logprobs_loss"):
+            self.model.train()
+            loss_value, stats = self._accumulate_gradients(ro, adv, valid, stage)
+        with timer("step"):
+            grad_norm = self._optimizer_step()
+        with timer("metrics"):
+            metrics = self._metrics(ro, r, stage, loss_value, stats, grad_norm, valid)
+        metrics.update({f"time_{name}": round(s, 4) for name, s in timer.seconds.items()})
+        return metrics
+
+    def _accumulate_gradients(self, ro, adv, valid, stage) -> tuple[float, dict]:
+        cfg = self.cfg
+        order = sorted(range(len(ro.rows)), key=lambda i: len(ro.rows[i]))  # similar lengths pad less
+        if cfg.algo.reduction == "token":
+            denominator = float(sum(sum(1 for t in turns[1:] if t > 0) for turns in ro.turns))
+        else:
+            denominator = float(sum(1 for turns in ro.turns if any(t > 0 for t in turns)))
+        total, stats_sum = 0.0, {}
+        mb = cfg.optim.micro_batch_size
+        for start in range(0, len(order), mb):
+            rows = order[start:start + mb]
+            ids, mask, turns = ro.tensors(rows, self.tok.pad_token_id, self.device)
+            first = int((turns > 0).float().argmax(dim=1).min())  # earliest attempt token of the chunk
+            label_turns = turns[:, first:]
+            with torch.no_grad(), self.reference.active() as ref_model:
+                ref_logp = token_logprobs(ref_model, ids, mask, first)
+            logp = token_logprobs(self.model, ids, mask, first)
+            tok_adv, pg_mask = losses.token_advantages(adv[rows].to(self.device), valid[rows].to(self.device),
+                                                       label_turns)
+            kl_coef = losses.turn_kl_coefficients(label_turns, stage, cfg.algo.beta1, cfg.algo.beta2)
+            loss, stats = losses.policy_loss(logp, ref_logp, tok_adv, pg_mask, kl_coef, label_turns,
+                                             estimator=cfg.algo.kl_estimator, reduction=cfg.algo.reduction,
+                                             denominator=denominator)
+            loss.backward()
+            total += float(loss.detach())
+            weight = len(rows) / len(order)
+            for key, value in stats.items():
+                stats_sum[key] = stats_sum.get(key, 0.0) + weight * float(value)
+        return total, stats_sum
+
+    def _optimizer_step(self) -> float:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        clip = self.cfg.optim.max_grad_norm
+        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def _metrics(self, ro, r, stage, loss_value, stats, grad_norm, valid) -> dict:
+        n_att = ro.n_attempts
+        m = {"stage": stage, "loss": loss_value, "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0]}
+        for a in range(n_att):
+            col = r[:, a]
+            m[f"reward_t{a + 1}"] = float(torch.nan_to_num(col, nan=0.0).mean())
+            m[f"len_t{a + 1}"] = float(np.mean([len(x[a]) for x in ro.attempts]))
+            m[f"truncated_t{a + 1}"] = float(np.mean([x[a] for x in ro.truncated]))
+        m.update({key: value for key, value in self_correction_metrics(r.numpy()).items()
+                  if key.startswith(("acc", "delta"))})
+        m["none_rewards"] = int(torch.isnan(r).sum())
+        m["excluded_attempts"] = int((~valid).sum())
+        if n_att > 1:
+            m["edit_ratio"] = float(np.mean([edit_distance_ratio(x[0], x[1]) for x in ro.attempts]))
+        m.update(stats)
+        m["gen_tokens_per_s"] = ro.generated_tokens / max(ro.generation_seconds, 1e-9)
+        return m
+
+    # ---------------------------------------------------------------- checkpoints
+    def save_checkpoint(self) -> Path:
+        return checkpoint.save(self.run_dir, self.state["step"], self.model, self.optimizer, self.scheduler,
+                               dict(self.state, plan=self.plan), self.cfg.run.keep_checkpoints)
+
+    def _resume(self) -> None:
+        folder = checkpoint.latest(self.run_dir)
+        if folder is None:
+            raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}")
+        state = checkpoint.load(folder, self.model, self.optimizer, self.scheduler)
+        if state.pop("plan") != self.plan:
+            raise ValueError(f"--resume: {folder} was made with another stage plan "
+                             "(algo.stage1_steps / stage2_steps / interleave changed)")
+        self.state = state
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def tensorboard_writer(run_dir: Path):
+    """A SummaryWriter when tensorboard is installed, else None (metrics.jsonl is always written)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+

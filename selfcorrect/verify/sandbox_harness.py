@@ -1,0 +1,538 @@
+"""The in-sandbox half of the code sandbox: a trusted harness around one untrusted program.
+
+The host (sandbox.py) starts a fresh interpreter as `python -s -B -c <this file's source>`
+(inside bubblewrap or not) and writes one JSON payload to its stdin. This file must therefore
+stay self-contained: standard library only, no selfcorrect imports.
+
+Two processes, so that someone is left to clean up whatever the program does:
+- the supervisor (this process) reads the payload, compiles the trusted test code, becomes a
+  child subreaper (orphaned descendants are re-parented to it, even after `setsid`), forks
+  and waits for the child until the deadline, then SIGKILLs every remaining descendant and
+  writes an exit line. When the host runs as root it keeps its privileges (the program
+  cannot signal or trace it); the child drops to the sandbox uid.
+- the child drops privileges, sets rlimits, runs the program, then the tests, and prints the
+  pass token only after the last test.
+
+Protocol on stdout (stderr is the same pipe), one line each, prefix `@@selfcorrect:`:
+  start            written before any untrusted code runs (its absence = sandbox failure)
+  error:<json>     the harness could not set the child up (a sandbox failure, not the program's)
+  fail:<json>      the program or a test failed: {"kind", "message", "line", "source"}
+  pass:<token>     every test passed (the token arrived on stdin and is printed nowhere else)
+  exit:<json>      the supervisor's last word: {"code", "signal", "timeout", "stragglers"}
+
+Soundness of the tests against the program they test (see docs/SANDBOX.md for the limits):
+- the tests run in their own namespace with a copy of the builtins taken before the program
+  ran, plus only the names the task exports from the program (the entry point);
+- every `assert` is rewritten so that the values it compares or tests are first checked to
+  be plain data (builtin scalars and containers, recursively, or objects whose comparison
+  dunders all come from C types): an object whose `__eq__` always returns True fails;
+- stdlib modules the tests import are snapshotted before the program runs and restored
+  before the tests run, and any trace/profile hook the program set is removed.
+A program that inspects the harness's own frames or memory (sys._getframe, gc) can still
+defeat this; the sandbox keeps such a program contained, it does not make its verdict sound.
+"""
+
+import ast
+import builtins
+import collections
+import ctypes
+import json
+import os
+import select
+import signal
+import sys
+import time
+import traceback
+import warnings
+from types import MappingProxyType, SimpleNamespace
+
+PREFIX = b"@@selfcorrect:"
+_CHECK = "_selfcorrect_checked_"  # the assert guard's name in the test namespace
+_MAX_MESSAGE = 600
+_MAX_NODES = 5_000_000  # values bigger than this are not worth proving honest
+
+# Captured before any untrusted code runs: the program may rebind os.write, os._exit, print.
+_write = os.write
+_exit = os._exit
+_monotonic = time.monotonic
+
+# Comparison and truth dunders: a class that defines one of these in Python can lie in an assert.
+_DANGEROUS = ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__bool__",
+              "__len__", "__contains__", "__iter__", "__getitem__", "__missing__")
+# Stdlib classes written in Python that programs legitimately return (MBPP tasks 40, 88 and
+# 902 return Counters): trusted while their dunders are still the ones seen at start-up.
+_TRUSTED_CLASSES = {klass: {name: klass.__dict__[name] for name in _DANGEROUS
+                            if name in klass.__dict__}
+                    for klass in (collections.Counter,)}
+# Always restored before the tests: builtins (the guard and Counter.__eq__ use them) and
+# collections (Counter.__eq__'s globals).
+_ALWAYS_RESTORED = ("builtins", "collections")
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: set for classes defined in Python code
+_ATOMIC = (int, float, complex, bool, str, bytes, bytearray, type(None), range,
+           type(Ellipsis), type(NotImplemented))
+
+
+def _emit(kind, body=b""):
+    """Write one protocol line straight to fd 1 (no Python-level buffering to lose)."""
+    if isinstance(body, str):
+        body = body.encode("utf-8", "replace")
+    line = b"\n" + PREFIX + kind.encode() + (b":" + body if body else b"") + b"\n"
+    while line:
+        try:
+            line = line[_write(1, line):]
+        except InterruptedError:
+            continue
+        except OSError:
+            return
+
+
+def _clip(text, limit=_MAX_MESSAGE):
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ----------------------------------------------------------------------------- honest values
+
+def _dishonest_reason(value):
+    """None when `value` is plain data whose comparisons run only C code, else why not."""
+    stack, seen, nodes = [value], set(), 0
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind in _ATOMIC:
+            continue
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        nodes += 1
+        if nodes > _MAX_NODES:
+            return "value too large to check"
+        for klass in kind.__mro__:
+            if klass.__flags__ & _HEAPTYPE:
+                hit = [name for name in _DANGEROUS if name in klass.__dict__]
+                # identity, not dict lookup: a metaclass could fake __eq__/__hash__
+                trusted = next((t for k, t in _TRUSTED_CLASSES.items() if k is klass), None)
+                if hit and trusted is not None and all(
+                        klass.__dict__.get(name) is trusted.get(name) for name in _DANGEROUS):
+                    continue
+                if hit:
+                    return f"{kind.__module__}.{kind.__qualname__} defines {hit[0]} in Python"
+        # Containers whose C comparison calls their elements' comparisons: check those too,
+        # iterating with the C methods (a subclass may override the Python-visible ones).
+        # issubclass on type(item), not isinstance: isinstance trusts a forged __class__.
+        if issubclass(kind, dict):
+            for key, val in dict.items(item):
+                stack.append(key)
+                stack.append(val)
+        elif issubclass(kind, list):
+            stack.extend(list.__iter__(item))
+        elif issubclass(kind, tuple):
+            stack.extend(tuple.__iter__(item))
+        elif issubclass(kind, set):
+            stack.extend(set.__iter__(item))
+        elif issubclass(kind, frozenset):
+            stack.extend(frozenset.__iter__(item))
+        elif issubclass(kind, collections.deque):
+            stack.extend(collections.deque.__iter__(item))
+        elif issubclass(kind, SimpleNamespace):
+            stack.append(object.__getattribute__(item, "__dict__"))
+        elif issubclass(kind, slice):
+            stack.extend((item.start, item.stop, item.step))
+        elif issubclass(kind, MappingProxyType):
+            return "mappingproxy values are not checked"
+    return None
+
+
+def _checked(*values):
+    """The assert guard: refuse values whose comparison could run the program's own code."""
+    for value in values:
+        reason = _dishonest_reason(value)
+        if reason is not None:
+            raise AssertionError(f"untrusted value in assertion: {reason}")
+    return values
+
+
+class _GuardAsserts(ast.NodeTransformer):
+    """Rewrite `assert <expr>` so every compared or tested value goes through the guard.
+
+    `a == b` becomes `(lambda v: v[0] == v[1])(guard(a, b))`: all operands are evaluated
+    first (so a later operand cannot swap an element into an already-checked one), checked,
+    then compared with the original operators. `not`, `and`, `or` keep their short-circuit
+    and guard each operand; any other expression is guarded as a whole."""
+
+    def visit_Assert(self, node):
+        node.test = self._guard(node.test)
+        return node
+
+    def _guard(self, expr):
+        if isinstance(expr, ast.BoolOp):
+            expr.values = [self._guard(value) for value in expr.values]
+            return expr
+        if isinstance(expr, ast.UnaryOp) and isinstance(expr.op, ast.Not):
+            expr.operand = self._guard(expr.operand)
+            return expr
+        if isinstance(expr, ast.Compare):
+            operands = [expr.left, *expr.comparators]
+            pick = [ast.Subscript(value=ast.Name(id="v", ctx=ast.Load()),
+                                  slice=ast.Constant(value=i), ctx=ast.Load())
+                    for i in range(len(operands))]
+            compare = ast.Compare(left=pick[0], ops=expr.ops, comparators=pick[1:])
+            lam = ast.Lambda(
+                args=ast.arguments(posonlyargs=[], args=[ast.arg(arg="v")], vararg=None,
+                                   kwonlyargs=[], kw_defaults=[], kwarg=None, defaults=[]),
+                body=compare)
+            call = ast.Call(func=lam, args=[self._call_guard(operands)], keywords=[])
+            return ast.copy_location(call, expr)
+        guarded = ast.Subscript(value=self._call_guard([expr]), slice=ast.Constant(value=0),
+                                ctx=ast.Load())
+        return ast.copy_location(guarded, expr)
+
+    @staticmethod
+    def _call_guard(operands):
+        return ast.Call(func=ast.Name(id=_CHECK, ctx=ast.Load()), args=operands, keywords=[])
+
+
+def compile_tests(source, filename="<tests>"):
+    """Compile trusted test code with every assert guarded (see _GuardAsserts)."""
+    with warnings.catch_warnings():  # "invalid escape sequence" in old test code is noise
+        warnings.simplefilter("ignore")
+        tree = _GuardAsserts().visit(ast.parse(source, filename))
+        ast.fix_missing_locations(tree)
+        return compile(tree, filename, "exec")
+
+
+def _imported_modules(*sources):
+    """Top-level module names that trusted code imports (to snapshot before the program runs)."""
+    names = set()
+    for source in sources:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                tree = ast.parse(source)
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module)
+    return sorted(names)
+
+
+def _snapshot_modules(names):
+    """(name, module, copy of its dict) for each importable module name."""
+    snapshots = []
+    for name in names:
+        try:
+            __import__(name)
+        except BaseException:  # a test import that fails will fail the test itself
+            continue
+        module = sys.modules[name]
+        snapshots.append((name, module, dict(module.__dict__)))
+    return snapshots
+
+
+def _restore_modules(snapshots):
+    for name, module, saved in snapshots:
+        sys.modules[name] = module
+        current = module.__dict__
+        for key in [key for key in current if key not in saved]:
+            del current[key]
+        current.update(saved)
+
+
+# ----------------------------------------------------------------------------- the child
+
+def _failure(kind, message, exc=None, sources=None):
+    """Report why the program failed (the innermost trusted line first) and exit nonzero."""
+    info = {"kind": kind, "message": _clip(message)}
+    if exc is not None and sources:
+        frames = traceback.extract_tb(exc.__traceback__)
+        for filename in ("<tests>", "<solution>"):
+            lines = [f.lineno for f in frames if f.filename == filename]
+            if lines and filename in sources:
+                text = sources[filename].splitlines()
+                line = lines[-1]
+                key = "line" if filename == "<tests>" else "solution_line"
+                info[key] = line
+                if 0 < line <= len(text):
+                    info[key.replace("line", "source")] = _clip(text[line - 1].strip(), 300)
+    _flush_program_output()
+    _emit("fail", json.dumps(info))
+    _exit(1)
+
+
+def _flush_program_output():
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            stream.flush()
+        except BaseException:
+            pass
+
+
+def _describe(exc):
+    try:
+        return f"{type(exc).__name__}: {exc}"
+    except BaseException:  # a hostile __str__
+        return type(exc).__name__
+
+
+def _libc():
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+def _prctl(option, value):
+    libc = _libc()
+    if libc is not None and hasattr(libc, "prctl"):
+        libc.prctl(option, value, 0, 0, 0)
+
+
+def _setup_child(payload):
+    """Drop privileges (host ran as root), forbid new privileges, apply rlimits."""
+    import resource
+
+    drop = payload.get("drop")
+    if drop:
+        uid, gid = drop
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+        if os.getuid() != uid or os.geteuid() != uid:
+            raise RuntimeError(f"could not drop to uid {uid}")
+    _prctl(38, 1)  # PR_SET_NO_NEW_PRIVS: setuid binaries cannot raise privileges again
+    _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (cleared by setuid, so set after it)
+    limits = payload["limits"]
+    for name, value in (("RLIMIT_AS", limits["address_space"]),
+                        ("RLIMIT_CPU", limits["cpu_s"]),
+                        ("RLIMIT_NPROC", limits["processes"]),
+                        ("RLIMIT_FSIZE", limits["file_size"]),
+                        ("RLIMIT_NOFILE", limits["open_files"]),
+                        ("RLIMIT_CORE", 0)):
+        if value is None or not hasattr(resource, name):
+            continue
+        hard = value + 1 if name == "RLIMIT_CPU" else value  # SIGXCPU first, SIGKILL after
+        resource.setrlimit(getattr(resource, name), (value, hard))
+
+
+def _run_child(payload, tests_code, prelude_code, snapshots, pristine_builtins):
+    try:
+        _setup_child(payload)
+    except BaseException as exc:
+        _emit("error", json.dumps({"message": _clip(_describe(exc))}))
+        _exit(3)
+
+    sources = {"<solution>": payload["code"], "<tests>": payload["tests"]}
+    solution = {"__name__": "solution", "__builtins__": builtins}
+    try:
+        exec(compile(payload["code"], "<solution>", "exec"), solution)
+    except SystemExit as exc:
+        _failure("exit", f"the program called sys.exit({exc.code!r}) before the tests ran")
+    except BaseException as exc:
+        _failure("solution_error", _describe(exc), exc, sources)
+
+    # From here on the program only runs when the tests call into it.
+    sys.settrace(None)
+    sys.setprofile(None)
+    _restore_modules(snapshots)
+    namespace = {"__name__": "tests", "__builtins__": dict(pristine_builtins), _CHECK: _checked}
+    try:
+        exec(prelude_code, namespace)
+    except BaseException as exc:
+        _failure("prelude_error", "the task's trusted prelude failed: " + _describe(exc))
+    for name in payload["exports"]:
+        if name not in solution:
+            _failure("missing_name", f"the program does not define {name!r}")
+        namespace[name] = solution[name]
+    try:
+        exec(tests_code, namespace)
+    except AssertionError as exc:
+        message = _describe(exc) if exc.args else "AssertionError"
+        _failure("assertion", message, exc, sources)
+    except SystemExit as exc:
+        _failure("exit", f"the program called sys.exit({exc.code!r}) during the tests", exc,
+                 sources)
+    except BaseException as exc:
+        _failure("test_error", _describe(exc), exc, sources)
+    _flush_program_output()
+    _emit("pass", payload["token"])
+    _exit(0)
+
+
+# ----------------------------------------------------------------------------- the supervisor
+
+def _children_of(pid):
+    """Pids of `pid`'s children, from /proc/<pid>/task/*/children (CONFIG_PROC_CHILDREN)."""
+    kids = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return kids
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as handle:
+                kids += [int(kid) for kid in handle.read().split()]
+        except OSError:
+            continue
+    return kids
+
+
+def _scan_parents():
+    """pid -> ppid for every visible process (the fallback without the children files)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    stat = handle.read()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2:].split()
+            if len(fields) > 1:
+                parents[int(entry)] = int(fields[1])
+    return parents
+
+
+def _descendants():
+    """Every process below this one (orphans of the program were re-parented here)."""
+    me = os.getpid()
+    if os.path.exists(f"/proc/{me}/task/{me}/children"):
+        found, frontier = [], [me]
+        while frontier:
+            kids = _children_of(frontier.pop())
+            found += kids
+            frontier += kids
+        return found
+    parents = _scan_parents()
+    found, frontier = [], [me]
+    while frontier:
+        parent = frontier.pop()
+        kids = [pid for pid, ppid in parents.items() if ppid == parent]
+        found += kids
+        frontier += kids
+    return found
+
+
+def _signal_all(pids, sig):
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _kill_descendants():
+    """Freeze the whole tree (SIGSTOP: a stopped fork bomb stops forking), SIGKILL it, reap.
+    Repeats until nothing is left below us; returns how many processes were killed."""
+    killed = set()
+    for _ in range(100):
+        tree = set(_descendants())
+        if not tree:
+            break
+        for _ in range(100):  # stop until a scan finds nothing new (forks racing the stop)
+            _signal_all(tree, signal.SIGSTOP)
+            grown = tree | set(_descendants())
+            if grown == tree:
+                break
+            tree = grown
+        _signal_all(tree, signal.SIGKILL)
+        killed |= tree
+        pause, give_up = 0.001, _monotonic() + 2.0
+        while True:  # reap our (re-parented) children; give the killed ones a moment to die
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                if not set(_descendants()) & tree or _monotonic() > give_up:
+                    break
+                time.sleep(pause)
+                pause = min(pause * 2, 0.02)
+    return len(killed)
+
+
+def _wait_child(pid, deadline):
+    """The child's wait status, or None when the deadline passed first."""
+    pidfd = None
+    if hasattr(os, "pidfd_open"):
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            pidfd = None
+    pause = 0.002
+    try:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return status
+            remaining = deadline - _monotonic()
+            if remaining <= 0:
+                return None
+            if pidfd is not None:
+                select.select([pidfd], [], [], remaining)
+            else:
+                time.sleep(min(pause, remaining))
+                pause = min(pause * 2, 0.05)
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _read_payload():
+    chunks = []
+    while True:
+        chunk = os.read(0, 1 << 16)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    null = os.open(os.devnull, os.O_RDONLY)  # the program gets no stdin
+    os.dup2(null, 0)
+    os.close(null)
+    return json.loads(b"".join(chunks))
+
+
+def main():
+    payload = _read_payload()
+    _emit("start")
+    _prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphans of the program come back to us
+    _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the host's worker
+    pristine_builtins = dict(builtins.__dict__)
+    try:
+        tests_code = compile_tests(payload["tests"], "<tests>")
+        prelude_code = compile(payload["prelude"], "<prelude>", "exec")
+    except SyntaxError as exc:
+        _emit("error", json.dumps({"message": _clip(f"trusted test code does not compile: {exc}")}))
+        _exit(3)
+    for name in payload.get("preimport", ()):
+        try:
+            __import__(name)
+        except BaseException:
+            pass
+    imported = _imported_modules(payload["tests"], payload["prelude"])
+    snapshots = _snapshot_modules(sorted({*_ALWAYS_RESTORED, *imported}))
+    _flush_program_output()
+
+    pid = os.fork()
+    if pid == 0:
+        _run_child(payload, tests_code, prelude_code, snapshots, pristine_builtins)
+        _exit(4)  # not reached
+    status = _wait_child(pid, payload["deadline"])
+    timed_out = status is None
+    if timed_out:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        _, status = os.waitpid(pid, 0)
+    stragglers = _kill_descendants()
+    report = {"timeout": timed_out, "stragglers": stragglers,
+              "code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+              "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None}
+    _emit("exit", json.dumps(report))
+    _exit(0)
+
+
+if __name__ == "__main__":
+    main()

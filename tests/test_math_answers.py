@@ -1,0 +1,254 @@
+"""Golden tests for answer extraction and equivalence (the policy in math_answers.py).
+
+Equivalence runs through a VerifierPool, as in training: one batch for all golden cases, so
+a case that hangs fails with "timeout" instead of hanging the test run.
+"""
+
+import json
+
+import pytest
+
+from selfcorrect.verify import math_answers as ma
+from selfcorrect.verify.workers import TIMEOUT, VerifierPool
+
+T, F, TO = True, False, "timeout"  # expected: equivalent, not, deadline hit
+GOLDEN = [
+    # fractions vs decimals
+    ("frac-vs-decimal", "\\frac{1}{2}", "0.5", T),
+    ("third-6-places", "\\frac{1}{3}", "0.333333", T),
+    ("third-3-places", "\\frac{1}{3}", "0.333", F),
+    ("third-2-places", "\\frac{1}{3}", "0.33", F),
+    ("decimal-gold", "0.5", "\\frac{1}{2}", T),
+    ("negative-half", "-\\frac{1}{2}", "-0.5", T),
+    ("three-quarters", "\\frac{3}{4}", "0.75", T),
+    ("three-quarters-rounded", "\\frac{3}{4}", "0.7", F),
+    # \frac / \dfrac / a/b
+    ("dfrac-vs-frac12", "\\dfrac{1}{2}", "\\frac12", T),
+    ("frac-vs-slash", "\\frac{1}{2}", "1/2", T),
+    ("sign-placement", "\\frac{-1}{2}", "-\\frac12", T),
+    ("tfrac-vs-dfrac", "\\tfrac{5}{6}", "\\dfrac{5}{6}", T),
+    ("inverted-fraction", "\\frac{5}{6}", "\\frac{6}{5}", F),
+    ("slash-vs-frac", "\\dfrac{33}{100}", "33/100", T),
+    # radicals
+    ("sqrt-simplified", "2\\sqrt{5}", "\\sqrt{20}", T),
+    ("rationalised", "\\frac{\\sqrt{3}}{3}", "\\frac{1}{\\sqrt{3}}", T),
+    ("wrong-radicand", "2\\sqrt{5}", "2\\sqrt{6}", F),
+    ("sqrt-decimal-6", "\\sqrt{2}", "1.414214", T),
+    ("sqrt-decimal-2", "\\sqrt{2}", "1.41", F),
+    ("sum-order", "1+2\\sqrt{3}", "2\\sqrt{3}+1", T),
+    ("cube-root", "2", "\\sqrt[3]{8}", T),
+    # degrees and units
+    ("degrees-dropped", "30^\\circ", "30", T),
+    ("degrees-in-candidate", "30", "30^{\\circ}", T),
+    ("wrong-angle", "75^\\circ", "105^\\circ", F),
+    ("mbox-unit", "15\\mbox{ cm}^2", "15", T),
+    ("text-unit-candidate", "15", "15 \\text{ cm}^2", T),
+    ("plain-unit", "5", "5 inches", T),
+    ("currency-decimals", "18", "\\$18.00", T),
+    ("currency-thousands", "70000", "\\$70,000", T),
+    ("unit-words", "12", "12 apples", T),
+    ("unit-words-wrong", "12", "13 apples", F),
+    # percentages
+    ("percent-vs-number", "25\\%", "25", T),
+    ("percent-vs-fraction", "25\\%", "0.25", T),
+    ("percent-same", "25\\%", "25\\%", T),
+    ("percent-wrong", "25\\%", "30\\%", F),
+    # intervals
+    ("interval-spacing", "(5,\\infty)", "(5, \\infty)", T),
+    ("interval-closedness", "[5,\\infty)", "(5,\\infty)", F),
+    ("union", "(-\\infty, 2) \\cup (3, \\infty)", "(-\\infty,2)\\cup(3,\\infty)", T),
+    ("union-vs-hull", "(2,12) \\cup (12,102)", "(2,102)", F),
+    ("interval-left-right", "\\left[ \\frac{\\pi^2}{8}, \\frac{5 \\pi^2}{4} \\right]", "[\\pi^2/8, 5\\pi^2/4]", T),
+    # tuples, sets, vectors
+    ("pair-spacing", "(15,-29)", "(15, -29)", T),
+    ("pair-order", "(15,-29)", "(-29,15)", F),
+    ("polar-pair", "\\left( 3, \\frac{\\pi}{2} \\right)", "(3, \\pi/2)", T),
+    ("list-any-order", "-2,1", "1,-2", T),
+    ("set-order", "\\{1,2,3\\}", "\\{3,2,1\\}", T),
+    ("set-missing", "\\{1,2,3\\}", "\\{1,2\\}", F),
+    ("list-order", "1, 2, 3", "3, 2, 1", T),
+    ("vector-same", "\\begin{pmatrix} -1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix}-1\\\\2\\end{pmatrix}", T),
+    ("vector-swapped", "\\begin{pmatrix} -1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix} 2 \\\\ -1 \\end{pmatrix}", F),
+    # \pm
+    ("pm-both-roots", "1\\pm\\sqrt{2}", "1+\\sqrt{2}, 1-\\sqrt{2}", T),
+    ("pm-one-root", "1\\pm\\sqrt{2}", "1+\\sqrt{2}", F),
+    ("pm-integer", "\\pm 3", "3, -3", T),
+    # text answers
+    ("text-unwrapped", "\\text{Monday}", "Monday", T),
+    ("text-other-day", "\\text{Monday}", "Tuesday", F),
+    ("choice-letter", "\\text{(C)}", "C", T),
+    ("choice-parens", "\\text{(C)}", "(C)", T),
+    ("choice-other", "\\text{(C)}", "\\text{(D)}", F),
+    ("name-case", "\\text{Evelyn}", "evelyn", T),
+    ("parity-word", "\\text{even}", "\\text{odd}", F),
+    # equations vs values
+    ("assignment-gold", "x=3", "3", T),
+    ("assignment-candidate", "3", "x=3", T),
+    ("other-variable", "x=3", "y=3", F),
+    ("assignment-wrong", "x=3", "x=4", F),
+    ("line-reordered", "y=2x+3", "y=3+2x", T),
+    ("extra-assignment", "3", "x=3, y=4", F),
+    ("line-decimal-slope", "y = -\\frac{1}{2}x + 3", "y = -0.5x+3", T),
+    # other expressions
+    ("expanded-square", "x^2+2x+1", "(x+1)^2", T),
+    ("complex-order", "6+9i", "9i+6", T),
+    ("conjugate", "1-i", "1+i", F),
+    ("pi-two-places", "\\pi", "3.14", F),
+    ("two-pi-6-places", "2\\pi", "6.283185", T),
+    ("thousands-comma", "1000", "1,000", T),
+    ("thousands-thin-space", "10,\\!080", "10080", T),
+    ("base-subscript", "2516_8", "2516", T),
+    ("sign", "-3", "3", F),
+    ("infinity", "\\infty", "\\infty", T),
+    ("empty-set", "\\emptyset", "\\varnothing", T),
+    # malformed LaTeX
+    ("unclosed-frac-repaired", "\\frac{3}{2}", "\\frac{3}{2", T),
+    ("unclosed-frac-wrong", "3", "\\frac{3}{2", F),
+    ("unclosed-sqrt", "5", "\\sqrt{", F),
+    ("brace-soup", "5", "}{", F),
+    ("stray-dollar", "5", "$5", T),
+    ("extra-brace", "\\frac{1}{2}", "\\frac{1}{2}}", T),
+    # pathological: refused by the pre-check, so wrong, fast
+    ("tower-braced", "5", "9^{9^{9^{9}}}", F),
+    ("tower-chain", "5", "9^9^9^9", F),
+    ("tower-two", "5", "10^{10^{10}}", F),
+    ("factorial-of-power", "5", "(10^{10})!", F),
+    ("big-factorial", "5", "100000!", F),
+    ("huge-string", "5", "1" * 5000, F),
+    ("huge-binomial", "5", "\\binom{10^{7}}{10^{6}}", F),
+    ("huge-polynomial", "5", "(x+1)^{1000}", F),
+    # passes the pre-check but hangs sympy: only the worker deadline saves us
+    ("hang-past-precheck", "5", "\\sum_{k=1}^{200} k^{k^{k}}", TO),
+]
+
+EXTRACTION = [
+    ("paper-format", "So x=2.\nFinal Answer: The final answer is $\\frac{1}{2}$. I hope it is correct.", "\\frac{1}{2}"),
+    ("paper-format-units", "The final answer is 5 cm. I hope it is correct.", "5 cm"),
+    ("paper-format-dollar-sign", "Final Answer: The final answer is $\\$18.00$. I hope it is correct.", "\\$18.00"),
+    ("paper-format-boxed-inside", "The final answer is $\\boxed{5}$.", "5"),
+    ("paper-format-paren-math", "The final answer is \\(x = 3\\).", "x = 3"),
+    ("paper-format-display", "Final answer: $$\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}$$",
+     "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}"),
+    ("paper-format-last-wins", "The final answer is $1$.\nWait.\nThe final answer is $2$. I hope it is correct.", "2"),
+    ("paper-format-text", "Final Answer: The final answer is $\\text{Monday}$. I hope it is correct.", "\\text{Monday}"),
+    ("boxed-nested", "so \\boxed{\\frac{\\sqrt{3}}{2}} and more text", "\\frac{\\sqrt{3}}{2}"),
+    ("boxed-escaped-braces", "\\boxed{\\{1,2\\}}", "\\{1,2\\}"),
+    ("boxed-no-braces", "thus \\boxed 9.", "9"),
+    ("boxed-last-wins", "\\boxed{2} and \\boxed{3}.", "3"),
+    ("boxed-unclosed", "\\boxed{\\frac{3}{2", "\\frac{3}{2"),
+    ("boxed-interval", "$\\boxed{(-\\infty, 2) \\cup (3, \\infty)}$", "(-\\infty, 2) \\cup (3, \\infty)"),
+    ("fbox", "\\fbox{42}", "42"),
+    ("gsm8k-hashes", "She has 3 left.\n#### 1,234\n", "1,234"),
+    ("nothing", "I am not sure.", None),
+    ("empty-box", "\\boxed{}", None),
+    ("empty-final-answer", "The final answer is $$.", None),
+]
+
+NOT_REFUSED = ["2^{4950}", "2^{2008} -2", "x^{26}", "\\dbinom{20}{10}", "5!", "2^{2^{2}}", "(3!)!",
+               "\\sqrt{2}^{99}", "\\frac{1}{2^{98}}", "11,\\! 111,\\! 111,\\! 100", "99^{99}"]
+
+
+def test_enough_golden_cases_in_every_category():
+    assert len(GOLDEN) >= 60
+    assert len({name for name, *_ in GOLDEN}) == len(GOLDEN), "golden case names must be unique"
+    assert sum(expected is F for *_, expected in GOLDEN) >= 20  # a verifier saying True always must fail
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with VerifierPool(preload=("math_verify",), initializer=ma.warmup) as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def golden_results(pool):
+    cases = [case for case in GOLDEN if case[3] is not TO]
+    # A generous deadline: the machine running the tests may be busy; the hang case has its own test.
+    results = pool.map(ma.answers_match, [(gold, cand) for _, gold, cand, _ in cases], deadline_s=30)
+    return {case[0]: result for case, result in zip(cases, results)}
+
+
+@pytest.mark.parametrize("name,gold,candidate,expected", [c for c in GOLDEN if c[3] is not TO],
+                         ids=[c[0] for c in GOLDEN if c[3] is not TO])
+def test_golden(golden_results, name, gold, candidate, expected):
+    result = golden_results[name]
+    assert result.ok, f"{name}: verifier failed: {result.error} {result.detail}"
+    assert result.value is expected, f"{name}: {candidate!r} vs reference {gold!r}"
+
+
+def test_hang_past_the_precheck_times_out_instead_of_hanging(pool):
+    hangs = [(gold, cand) for _, gold, cand, expected in GOLDEN if expected is TO]
+    assert hangs and all(ma.reject_reason(cand) is None for _, cand in hangs)
+    results = pool.map(ma.answers_match, hangs, deadline_s=1.0)
+    for result in results:
+        assert (result.ok, result.error) == (False, TIMEOUT)
+        assert result.seconds < 1.0 + pool.kill_grace_s + 5
+
+
+@pytest.mark.parametrize("name,gold,candidate", [c[:3] for c in GOLDEN if c[0].startswith(("tower", "factorial", "big-", "huge"))])
+def test_pathological_answers_are_refused_before_sympy(name, gold, candidate):
+    assert ma.reject_reason(candidate) is not None
+    assert ma.quick_compare(gold, candidate) is False  # decided in-process, never reaches sympy
+
+
+@pytest.mark.parametrize("answer", NOT_REFUSED)
+def test_precheck_lets_ordinary_answers_through(answer):
+    assert ma.reject_reason(answer) is None
+
+
+@pytest.mark.parametrize("name,response,expected", EXTRACTION, ids=[c[0] for c in EXTRACTION])
+def test_extract_answer(name, response, expected):
+    assert ma.extract_answer(response) == expected
+
+
+def test_extraction_of_adversarial_responses_is_fast():
+    import time
+
+    responses = ["\\boxed{" + "." * 300_000 + "}", "{" * 300_000 + "\\boxed{", "\\boxed" * 100_000,
+                 "final answer is " * 50_000, "The final answer is $" + "\\" * 200_001, "#### " + "9" * 500_000]
+    start = time.monotonic()
+    for response in responses:
+        answer = ma.extract_answer(response)
+        if answer is not None:
+            ma.reject_reason(answer)
+    assert time.monotonic() - start < 10  # linear scans: well under a second when idle
+
+
+def test_gsm8k_reference():
+    assert ma.gsm8k_reference("6 * 2 = 12\n#### 1,234") == "1234"
+    assert ma.gsm8k_reference("no marker") is None
+
+
+def test_canonical_is_cosmetic_only():
+    assert ma.canonical("\\dfrac{1}{2}") == ma.canonical("\\frac{1}{2}")
+    assert ma.canonical("\\left( 3, \\frac{\\pi}{2} \\right)") == ma.canonical("(3,\\frac{\\pi}{2})")
+    assert ma.canonical("\\text{(C)}") == ma.canonical("C")
+    assert ma.canonical("30^\\circ") == ma.canonical("30")
+    assert ma.canonical("1/2") != ma.canonical("0.5")  # value equality is sympy's job
+
+
+def _references(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_no_reference_answer_is_refused_by_the_precheck(shared_data):
+    answers = [row["answer"] for name in ("math500_test", "math_train") for row in _references(shared_data / f"{name}.jsonl")]
+    answers += [ma.gsm8k_reference(row["answer"]) for name in ("gsm8k_train", "gsm8k_test")
+                for row in _references(shared_data / f"{name}.jsonl")]
+    assert len(answers) == 16_792 and None not in answers
+    refused = [a for a in answers if ma.reject_reason(a)]
+    assert refused == []
+
+
+def test_every_math500_reference_verifies_against_itself(shared_data, pool):
+    """Through the full path: the paper's answer format -> extraction -> math-verify (the string
+    fast path is skipped on purpose: this checks that math-verify reads every reference)."""
+    golds = [row["answer"] for row in _references(shared_data / "math500_test.jsonl")]
+    assert len(golds) == 500
+    extracted = [ma.extract_answer(f"Step 1 ...\nFinal Answer: The final answer is ${g}$. I hope it is correct.")
+                 for g in golds]
+    assert [e for e, g in zip(extracted, golds) if e != g.strip()] == []
+    results = pool.map(ma.sympy_equivalent, list(zip(golds, extracted)), deadline_s=30)
+    failures = [(g, r.error or r.value, r.detail) for g, r in zip(golds, results) if not (r.ok and r.value is True)]
+    assert failures == []

@@ -1,0 +1,97 @@
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from selfcorrect.config import Config
+from selfcorrect.train import Trainer, stage_plan
+from tiny import EchoTask, tiny_model, tiny_tokenizer
+
+
+def tiny_config(tmp_path, **algo) -> Config:
+    cfg = Config()
+    cfg.run.output_dir = str(tmp_path / "run")
+    cfg.run.progress = False
+    cfg.run.save_every = 2
+    cfg.run.keep_checkpoints = 5
+    cfg.model.device = "cpu"
+    cfg.rollout.max_new_tokens = 5
+    cfg.rollout.samples_per_problem = 2
+    cfg.optim.problems_per_step = 3
+    cfg.optim.micro_batch_size = 4
+    cfg.optim.lr = 1e-2
+    cfg.algo.stage1_steps, cfg.algo.stage2_steps = 2, 2
+    for key, value in algo.items():
+        setattr(cfg.algo, key, value)
+    return cfg
+
+
+def make_trainer(cfg, seed=0):
+    tok = tiny_tokenizer()
+    return Trainer(cfg, EchoTask(5), model=tiny_model(tok, seed=seed), tokenizer=tok)
+
+
+def test_stage_plan_interleaves_and_keeps_step_counts():
+    assert stage_plan(4, 2, 1) == [1, 1, 1, 1, 2, 2]
+    assert stage_plan(4, 2, 2) == [1, 1, 2, 1, 1, 2]
+    assert stage_plan(0, 3, 1) == [2, 2, 2]
+
+
+def test_train_logs_metrics_and_saves_loadable_model(tmp_path):
+    cfg = tiny_config(tmp_path)
+    trainer = make_trainer(cfg)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    history = trainer.train()
+    assert [m["stage"] for m in history] == [1, 1, 2, 2]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4
+    first = json.loads(lines[0])
+    for key in ("reward_t1", "reward_t2", "acc_t1", "acc_t2", "delta", "delta_i_to_c", "delta_c_to_i",
+                "kl_t1", "kl_t2", "edit_ratio", "len_t1", "none_rewards", "time_rollout", "gen_tokens_per_s"):
+        assert key in first, key
+    changed = any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
+    assert changed
+    final = tmp_path / "run" / "final"
+    loaded = AutoModelForCausalLM.from_pretrained(final)
+    for name, p in trainer.model.state_dict().items():
+        assert torch.allclose(loaded.state_dict()[name], p), name
+    assert (tmp_path / "run" / "config.yaml").exists()
+    assert (tmp_path / "run" / "checkpoints" / "LATEST").read_text() == "step-000004"
+
+
+def test_resume_from_step_2_reproduces_losses(tmp_path):
+    cfg = tiny_config(tmp_path)
+    full = [m["loss"] for m in make_trainer(cfg).train()]
+    # keep the step-2 checkpoint, forget everything after it, and resume
+    ckpts = tmp_path / "run" / "checkpoints"
+    (ckpts / "LATEST").write_text("step-000002")
+    cfg2 = tiny_config(tmp_path)
+    cfg2.run.resume = True
+    resumed = make_trainer(cfg2)  # initial weights again (the reference); the checkpoint restores the policy
+    assert resumed.state["step"] == 2
+    tail = [m["loss"] for m in resumed.train()]
+    assert tail == pytest.approx(full[2:], rel=1e-5, abs=1e-7)
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    cfg = tiny_config(tmp_path)
+    cfg.run.resume = True
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        make_trainer(cfg)
+
+
+def test_lora_training_uses_disabled_adapter_as_reference(tmp_path):
+    cfg = tiny_config(tmp_path)
+    cfg.model.lora = True
+    cfg.model.lora_r = 4
+    tok = tiny_tokenizer()
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_model(tok), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    trainer = Trainer(cfg, EchoTask(5), model=model, tokenizer=tok)
+    assert trainer.reference.model is None  # no second copy of the weights
+    trainer.train()
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
+    assert loaded.config.num_hidden_layers == 2
+    assert (tmp_path / "run" / "final" / "adapter" / "adapter_config.json").exists()

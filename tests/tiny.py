@@ -1,0 +1,56 @@
+"""A randomly initialised tiny Llama and a character tokenizer trained in process: no download."""
+
+from __future__ import annotations
+
+import string
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from selfcorrect.tasks.base import CORRECT, WRONG_ANSWER, Problem, Task, Verdict
+
+TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+            "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+SPECIALS = ["<pad>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>"]
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    raw = Tokenizer(models.WordLevel(unk_token="?"))
+    raw.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    raw.decoder = decoders.Fuse()
+    alphabet = string.ascii_letters + string.digits + string.punctuation + " \n"
+    raw.train_from_iterator([alphabet], trainers.WordLevelTrainer(special_tokens=SPECIALS + ["?"]))
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", eos_token="<|end|>",
+                                  unk_token="?", additional_special_tokens=SPECIALS[2:])
+    tok.chat_template = TEMPLATE
+    return tok
+
+
+def tiny_model(tok, seed: int = 0, layers: int = 2, hidden: int = 32) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=512, pad_token_id=tok.pad_token_id,
+                      eos_token_id=tok.eos_token_id, bos_token_id=None, tie_word_embeddings=False)
+    return LlamaForCausalLM(cfg).eval()
+
+
+class EchoTask(Task):
+    """Toy task: the answer is 'a'; a response is right when it contains it. Prompts of varied length."""
+
+    name = "echo"
+    correction_instruction = "again"
+
+    def __init__(self, n: int = 8):
+        self.items = [Problem(id=str(i), question="x" * (1 + 3 * i), reference="a") for i in range(n)]
+
+    def load(self, split: str) -> list[Problem]:
+        return list(self.items)
+
+    def first_turn(self, problem: Problem) -> list[dict]:
+        return [{"role": "user", "content": problem.question}]
+
+    def score(self, problems, responses):
+        return [Verdict(1.0, r, CORRECT) if p.reference in r else Verdict(0.0, r, WRONG_ANSWER)
+                for p, r in zip(problems, responses)]
