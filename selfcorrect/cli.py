@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             run_train(resolve_config(args, C.Config()))
         else:
             run_eval(resolve_config(args, C.Config()))
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
         print(f"selfcorrect {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

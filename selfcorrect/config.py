@@ -95,6 +95,8 @@ class RunConfig:
     save_every: int = opt(10, "save a checkpoint every N steps (and always at the end)")
     keep_checkpoints: int = opt(2, "how many recent checkpoints to keep")
     resume: bool = opt(False, "continue from output_dir/checkpoints/LATEST")
+    overwrite: bool = opt(False, "start afresh even if output_dir already holds a run (its checkpoints "
+                          "and metrics are replaced); without it such a run is refused")
     progress: bool = opt(True, "show progress bars")
 
 

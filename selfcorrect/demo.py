@@ -37,6 +37,7 @@ def demo_config(quick: bool = False) -> Config:
     cfg.eval.batch_size = 250
     cfg.run.output_dir = "runs/demo"
     cfg.run.save_every = 20
+    cfg.run.overwrite = True  # the demo's run folder is disposable: a second demo replaces it
     if quick:
         cfg.algo.stage1_steps = cfg.algo.stage2_steps = 2
         cfg.optim.problems_per_step = 4

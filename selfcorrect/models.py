@@ -168,8 +168,10 @@ class Reference:
 def save_final(model, tokenizer, folder: Path, merge_lora: bool = True) -> None:
     """Save a model loadable by AutoModelForCausalLM.from_pretrained (LoRA merged in by default,
     the adapter alone kept in `adapter/` too)."""
+    from peft import PeftModel
+
     with atomic_folder(folder) as tmp:
-        if hasattr(model, "peft_config"):
+        if isinstance(model, PeftModel):
             model.save_pretrained(tmp / "adapter")
             if merge_lora:
                 merged = copy.deepcopy(model).merge_and_unload()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -94,6 +95,8 @@ class Trainer:
         self.history: list[dict] = []
         if cfg.run.resume:
             self._resume()
+        else:
+            self._start_fresh()
         save_yaml(cfg, self.run_dir / "config.yaml")
 
     # ---------------------------------------------------------------- data order
@@ -236,6 +239,16 @@ class Trainer:
         return checkpoint.save(self.run_dir, self.state["step"], self.model, self.optimizer, self.scheduler,
                                dict(self.state, plan=self.plan), self.cfg.run.keep_checkpoints)
 
+    def _start_fresh(self) -> None:
+        """Refuse to mix a new run into an old one unless asked to replace it."""
+        old = [p for p in (self.run_dir / "checkpoints", self.run_dir / "metrics.jsonl") if p.exists()]
+        if old and not self.cfg.run.overwrite:
+            raise FileExistsError(f"{self.run_dir} already holds a run ({', '.join(p.name for p in old)}); "
+                                  "pass --run.resume true to continue it, --run.overwrite true to replace it, "
+                                  "or choose another --run.output_dir")
+        for path in old:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
     def _resume(self) -> None:
         folder = checkpoint.latest(self.run_dir)
         if folder is None:
@@ -245,6 +258,12 @@ class Trainer:
             raise ValueError(f"--resume: {folder} was made with another stage plan "
                              "(algo.stage1_steps / stage2_steps / interleave changed)")
         self.state = state
+        # metrics logged after this checkpoint by the interrupted run would be repeated: drop them
+        log = self.run_dir / "metrics.jsonl"
+        if log.exists():
+            kept = [line for line in log.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= state["step"]]
+            log.write_text("".join(line + "\n" for line in kept))
 
 
 def seed_everything(seed: int) -> None:

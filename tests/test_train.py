@@ -72,6 +72,19 @@ def test_resume_from_step_2_reproduces_losses(tmp_path):
     assert resumed.state["step"] == 2
     tail = [m["loss"] for m in resumed.train()]
     assert tail == pytest.approx(full[2:], rel=1e-5, abs=1e-7)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]  # the interrupted run's steps 3-4 are not logged twice
+
+
+def test_fresh_run_refuses_to_mix_into_an_old_run(tmp_path):
+    cfg = tiny_config(tmp_path)
+    cfg.algo.stage1_steps, cfg.algo.stage2_steps = 2, 0
+    make_trainer(cfg).train()
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        make_trainer(tiny_config(tmp_path))
+    cfg.run.overwrite = True
+    assert len(make_trainer(cfg).train()) == 2
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):

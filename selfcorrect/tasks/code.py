@@ -76,7 +76,7 @@ def _defines(code: str, name: str) -> bool:
     """Whether `code` defines `name` at top level (def, class or assignment)."""
     try:
         tree = _parse(code)
-    except SyntaxError:
+    except (SyntaxError, ValueError):  # ValueError: NUL bytes
         return re.search(rf"^(?:async\s+)?def\s+{re.escape(name)}\s*\(", code, re.M) is not None
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):

@@ -23,8 +23,11 @@ thread pool), `run_programs(programs, timeout_s, ...)` and `sandbox_tier(...)`.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import logging
+import marshal
 import os
 import secrets
 import selectors
@@ -42,6 +45,7 @@ from pathlib import Path
 from typing import Sequence
 
 from selfcorrect.verify.sandbox_bwrap import bwrap_argv, find_bwrap
+from selfcorrect.verify.sandbox_harness import compile_tests, imported_modules
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +58,8 @@ _PREFIX = "@@selfcorrect:"
 _HARNESS = (Path(__file__).with_name("sandbox_harness.py")).read_text()
 _BACKSTOP_S = 2.0  # the host kills the whole group this long after the harness's own deadline
 _KEEP_OUTPUT = 2000  # characters of program output kept in a result
-# Imported by the supervisor before the child drops to the sandbox uid, for hosts where that
-# uid cannot read the Python installation (root's pyenv): what MBPP/HumanEval code imports.
+# Imported by the supervisor before the child drops to the sandbox uid, when that uid cannot
+# read the standard library (root's pyenv, rlimit tier): what MBPP/HumanEval code imports.
 _PREIMPORT = ("re", "math", "cmath", "collections", "heapq", "itertools", "functools", "bisect",
               "operator", "array", "copy", "datetime", "string", "random", "statistics",
               "fractions", "decimal", "typing", "hashlib", "json", "sys", "os")
@@ -95,6 +99,9 @@ class SandboxConfig:
     """Files or folders the program must not read (e.g. the benchmark's answers); bwrap only."""
     hash_seed: int = 0
     """PYTHONHASHSEED of programs, so set/dict orders (and verdicts) are reproducible."""
+    site_packages: bool = False
+    """Let programs import the interpreter's installed packages (numpy, ...); off by default:
+    the standard library is what HumanEval/MBPP need, and `site` costs ~30 ms per check."""
 
     def __post_init__(self):
         if self.tier not in ("auto", *TIERS):
@@ -159,6 +166,28 @@ def _count_processes(uid: int) -> int:
     return count
 
 
+def _world_readable(folder: str) -> bool:
+    """Whether any uid can read `folder` (every folder above it is world-searchable)."""
+    path = Path(os.path.realpath(folder))
+    try:
+        if not path.stat().st_mode & stat.S_IROTH:
+            return False
+        return all(p.stat().st_mode & stat.S_IXOTH for p in (path, *path.parents))
+    except OSError:
+        return False
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(tests: str, prelude: str) -> tuple[bytes, list[str]] | None:
+    """The guarded tests and the prelude as marshalled code objects, and the modules they
+    import; None when they do not compile (the harness then reports it)."""
+    try:
+        code = (compile_tests(tests, "<tests>"), compile(prelude, "<prelude>", "exec"))
+    except (SyntaxError, ValueError):
+        return None
+    return marshal.dumps(code), imported_modules(tests, prelude)
+
+
 def _remove_tree(path: str) -> None:
     """rmtree that also removes folders a program made unreadable (chmod 000)."""
 
@@ -190,7 +219,7 @@ class Sandbox:
         self._bwrap = ""
         self._tier: str | None = None
         self._tier_note = ""
-        self._prefixes: list[str] | None = None
+        self._interpreter: dict | None = None
         self._nproc: int | None = None
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
@@ -242,20 +271,26 @@ class Sandbox:
             return None
         return f"canary program {result.status}: {result.detail}"[:1000]
 
-    def _interpreter_prefixes(self) -> list[str]:
-        """The interpreter's prefix folders (they must stay visible inside bwrap)."""
-        if self._prefixes is None:
-            script = ("import sys, json; print(json.dumps(sorted({sys.prefix, sys.base_prefix, "
-                      "sys.exec_prefix, sys.base_exec_prefix})))")
+    def _interpreter_info(self) -> dict:
+        """The program interpreter's prefixes (kept visible inside bwrap), bytecode magic (the
+        host may compile tests for it only when equal to its own) and stdlib folder."""
+        if self._interpreter is None:
+            script = ("import sys, os, json, importlib.util as u; print(json.dumps({"
+                      "'prefixes': sorted({sys.prefix, sys.base_prefix, sys.exec_prefix, "
+                      "sys.base_exec_prefix}), 'magic': u.MAGIC_NUMBER.hex(), "
+                      "'stdlib': os.path.dirname(os.__file__)}))")
             try:
-                out = subprocess.run([self.python, "-s", "-c", script], capture_output=True,
+                out = subprocess.run([self.python, "-S", "-c", script], capture_output=True,
                                      text=True, timeout=60, stdin=subprocess.DEVNULL)
-                prefixes = json.loads(out.stdout)
+                info = json.loads(out.stdout)
             except (OSError, ValueError, subprocess.SubprocessError) as exc:
                 raise SandboxUnavailable(f"cannot run the sandbox interpreter {self.python}: "
                                          f"{exc}") from exc
-            self._prefixes = sorted({os.path.realpath(p) for p in prefixes})
-        return self._prefixes
+            info["prefixes"] = sorted({os.path.realpath(p) for p in info["prefixes"]})
+            info["same"] = info["magic"] == importlib.util.MAGIC_NUMBER.hex()
+            info["stdlib_public"] = _world_readable(info["stdlib"])
+            self._interpreter = info
+        return self._interpreter
 
     def _process_limit(self, tier: str) -> int:
         """RLIMIT_NPROC for the program. It counts every process of the uid (in its user
@@ -299,8 +334,9 @@ class Sandbox:
 
     def _environment(self, workdir: str) -> dict[str, str]:
         return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir,
-                "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PYTHONHASHSEED": str(self.config.hash_seed),
-                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8"}
+                "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+                "PYTHONHASHSEED": str(self.config.hash_seed), "PYTHONDONTWRITEBYTECODE": "1",
+                "PYTHONIOENCODING": "utf-8"}
 
     def _execute(self, program: Program, tier: str) -> SandboxResult:
         cfg = self.config
@@ -312,21 +348,26 @@ class Sandbox:
             if self.drop:  # the program's uid owns it; the capless root supervisor may enter
                 os.chown(workdir, *self.drop)
                 os.chmod(workdir, 0o711)
+            info = self._interpreter_info()
+            compiled = _compiled(program.tests, program.prelude) if info["same"] else None
+            preimport = tier == "rlimit" and self.drop and not info["stdlib_public"]
             payload = {
                 "code": program.code, "tests": program.tests, "prelude": program.prelude,
+                "compiled": compiled[0] if compiled else None,
+                "modules": compiled[1] if compiled else None,
                 "exports": list(program.exports), "token": token, "deadline": deadline,
-                "drop": self.drop,
-                "preimport": list(_PREIMPORT) if (tier == "rlimit" and self.drop) else [],
+                "drop": self.drop, "preimport": list(_PREIMPORT) if preimport else [], "tier": tier,
                 "limits": {"address_space": cfg.memory_mb << 20,
                            "cpu_s": int(cfg.timeout_s) + 1,
                            "processes": self._process_limit(tier),
                            "file_size": cfg.max_file_mb << 20,
                            "open_files": cfg.max_open_files},
             }
-            command = [self.python, "-s", "-B", "-c", _HARNESS]
+            flags = "-sB" if cfg.site_packages else "-SB"
+            command = [self.python, flags, "-c", _HARNESS]
             if tier == "bwrap":
                 command = bwrap_argv(self._bwrap, command, workdir=workdir,
-                                     keep_visible=self._interpreter_prefixes(),
+                                     keep_visible=info["prefixes"],
                                      hidden=cfg.hidden_paths, as_root=self.root)
             try:
                 proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -336,7 +377,7 @@ class Sandbox:
             except OSError as exc:
                 return SandboxResult(ERROR, tier, f"could not start {command[0]}: {exc}",
                                      duration_s=time.monotonic() - start)
-            raw, overflow, backstop = _communicate(proc, json.dumps(payload).encode(),
+            raw, overflow, backstop = _communicate(proc, marshal.dumps(payload),
                                                    deadline + _BACKSTOP_S, cfg.max_output_bytes)
             return _interpret(raw, token, tier, cfg, overflow, backstop, proc.returncode,
                               time.monotonic() - start)

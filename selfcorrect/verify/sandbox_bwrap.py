@@ -13,9 +13,9 @@ plus new PID, network (loopback only), IPC and UTS namespaces, --die-with-parent
 terminal session (no TIOCSTI into the host's terminal).
 
 Privileges: run as an ordinary user, bwrap creates a user namespace (and forbids nested
-ones). Run as root, it keeps only CAP_SETUID/SETGID/KILL so the harness can drop the program
-to uid 65534 itself: a user namespace would map the program back to uid 0, which RLIMIT_NPROC
-never limits (a fork bomb could then exhaust the host's PIDs).
+ones), with no capabilities in it. Run as root, it keeps only CAP_SETUID/SETGID/KILL so the
+harness can drop the program to uid 65534 itself: a user namespace would map the program
+back to uid 0, which RLIMIT_NPROC never limits (a fork bomb could exhaust the host's PIDs).
 """
 
 from __future__ import annotations
@@ -93,5 +93,5 @@ def bwrap_argv(bwrap: str, command: Sequence[str], *, workdir: str,
         argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
                  "--cap-add", "CAP_KILL"]
     else:
-        argv += ["--unshare-user", "--disable-userns"]
+        argv += ["--unshare-user", "--disable-userns", "--cap-drop", "ALL"]
     return argv + ["--", *command]

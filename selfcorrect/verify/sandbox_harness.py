@@ -1,11 +1,13 @@
 """The in-sandbox half of the code sandbox: a trusted harness around one untrusted program.
 
-The host (sandbox.py) starts a fresh interpreter as `python -s -B -c <this file's source>`
-(inside bubblewrap or not) and writes one JSON payload to its stdin. This file must therefore
-stay self-contained: standard library only, no selfcorrect imports.
+The host (sandbox.py) starts a fresh interpreter as `python -S -B -c <this file's source>`
+(inside bubblewrap or not) and writes one marshal payload to its stdin: a dict with the
+program, the tests (as source, and usually as code the host compiled), the token, limits and
+uid. This file must therefore stay self-contained: standard library only, no selfcorrect
+imports, and few of those (each import is paid on every check).
 
 Two processes, so that someone is left to clean up whatever the program does:
-- the supervisor (this process) reads the payload, compiles the trusted test code, becomes a
+- the supervisor (this process) reads the payload, loads the trusted test code, becomes a
   child subreaper (orphaned descendants are re-parented to it, even after `setsid`), forks
   and waits for the child until the deadline, then SIGKILLs every remaining descendant and
   writes an exit line. When the host runs as root it keeps its privileges (the program
@@ -32,19 +34,19 @@ A program that inspects the harness's own frames or memory (sys._getframe, gc) c
 defeat this; the sandbox keeps such a program contained, it does not make its verdict sound.
 """
 
-import ast
+# Imports are paid on every check (~1-6 ms each on a loaded machine): `_signal`, not
+# `signal` (which imports enum); ctypes only in the rlimit tier; ast only without host code.
+import _signal as signal
 import builtins
 import collections
-import ctypes
-import json
+import marshal
 import os
 import select
-import signal
 import sys
 import time
-import traceback
-import warnings
-from types import MappingProxyType, SimpleNamespace
+
+SimpleNamespace = type(sys.implementation)
+MappingProxyType = type(type.__dict__)
 
 PREFIX = b"@@selfcorrect:"
 _CHECK = "_selfcorrect_checked_"  # the assert guard's name in the test namespace
@@ -84,6 +86,19 @@ def _emit(kind, body=b""):
             continue
         except OSError:
             return
+
+
+def _json(flat):
+    """JSON for a flat dict of str / int / bool / None (the json module costs ~6 ms to import)."""
+    def value(v):
+        if v is None or isinstance(v, bool):
+            return {None: "null", True: "true", False: "false"}[v]
+        if isinstance(v, int):
+            return str(v)
+        text = str(v)
+        return '"' + "".join(c if c >= " " and c not in '"\\' else "\\u%04x" % ord(c)
+                             for c in text) + '"'
+    return "{" + ", ".join(f"{value(str(k))}: {value(v)}" for k, v in flat.items()) + "}"
 
 
 def _clip(text, limit=_MAX_MESSAGE):
@@ -152,57 +167,60 @@ def _checked(*values):
     return values
 
 
-class _GuardAsserts(ast.NodeTransformer):
-    """Rewrite `assert <expr>` so every compared or tested value goes through the guard.
+def _guard(expr):
+    """The guarded form of an assert's test expression (see compile_tests)."""
+    import ast
 
-    `a == b` becomes `(lambda v: v[0] == v[1])(guard(a, b))`: all operands are evaluated
-    first (so a later operand cannot swap an element into an already-checked one), checked,
-    then compared with the original operators. `not`, `and`, `or` keep their short-circuit
-    and guard each operand; any other expression is guarded as a whole."""
-
-    def visit_Assert(self, node):
-        node.test = self._guard(node.test)
-        return node
-
-    def _guard(self, expr):
-        if isinstance(expr, ast.BoolOp):
-            expr.values = [self._guard(value) for value in expr.values]
-            return expr
-        if isinstance(expr, ast.UnaryOp) and isinstance(expr.op, ast.Not):
-            expr.operand = self._guard(expr.operand)
-            return expr
-        if isinstance(expr, ast.Compare):
-            operands = [expr.left, *expr.comparators]
-            pick = [ast.Subscript(value=ast.Name(id="v", ctx=ast.Load()),
-                                  slice=ast.Constant(value=i), ctx=ast.Load())
-                    for i in range(len(operands))]
-            compare = ast.Compare(left=pick[0], ops=expr.ops, comparators=pick[1:])
-            lam = ast.Lambda(
-                args=ast.arguments(posonlyargs=[], args=[ast.arg(arg="v")], vararg=None,
-                                   kwonlyargs=[], kw_defaults=[], kwarg=None, defaults=[]),
-                body=compare)
-            call = ast.Call(func=lam, args=[self._call_guard(operands)], keywords=[])
-            return ast.copy_location(call, expr)
-        guarded = ast.Subscript(value=self._call_guard([expr]), slice=ast.Constant(value=0),
-                                ctx=ast.Load())
-        return ast.copy_location(guarded, expr)
-
-    @staticmethod
-    def _call_guard(operands):
+    def call_guard(operands):
         return ast.Call(func=ast.Name(id=_CHECK, ctx=ast.Load()), args=operands, keywords=[])
+
+    if isinstance(expr, ast.BoolOp):
+        expr.values = [_guard(value) for value in expr.values]
+        return expr
+    if isinstance(expr, ast.UnaryOp) and isinstance(expr.op, ast.Not):
+        expr.operand = _guard(expr.operand)
+        return expr
+    if isinstance(expr, ast.Compare):
+        operands = [expr.left, *expr.comparators]
+        pick = [ast.Subscript(value=ast.Name(id="v", ctx=ast.Load()), slice=ast.Constant(value=i),
+                              ctx=ast.Load()) for i in range(len(operands))]
+        compare = ast.Compare(left=pick[0], ops=expr.ops, comparators=pick[1:])
+        lam = ast.Lambda(args=ast.arguments(posonlyargs=[], args=[ast.arg(arg="v")], vararg=None,
+                                            kwonlyargs=[], kw_defaults=[], kwarg=None,
+                                            defaults=[]),
+                         body=compare)
+        return ast.copy_location(ast.Call(func=lam, args=[call_guard(operands)], keywords=[]),
+                                 expr)
+    guarded = ast.Subscript(value=call_guard([expr]), slice=ast.Constant(value=0), ctx=ast.Load())
+    return ast.copy_location(guarded, expr)
 
 
 def compile_tests(source, filename="<tests>"):
-    """Compile trusted test code with every assert guarded (see _GuardAsserts)."""
+    """Compile trusted test code with every `assert` guarded.
+
+    `assert a == b` becomes `assert (lambda v: v[0] == v[1])(guard(a, b))`: all operands are
+    evaluated first (so a later operand cannot slip a liar into an already-checked one),
+    checked by `_checked`, then compared with the original operators. `not`, `and`, `or` keep
+    their short-circuit and guard each operand; any other expression is guarded as a whole.
+    The host usually does this (and ships the code object), so the sandbox skips `import ast`."""
+    import ast
+    import warnings
+
     with warnings.catch_warnings():  # "invalid escape sequence" in old test code is noise
         warnings.simplefilter("ignore")
-        tree = _GuardAsserts().visit(ast.parse(source, filename))
+        tree = ast.parse(source, filename)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assert):
+                node.test = _guard(node.test)
         ast.fix_missing_locations(tree)
         return compile(tree, filename, "exec")
 
 
-def _imported_modules(*sources):
+def imported_modules(*sources):
     """Top-level module names that trusted code imports (to snapshot before the program runs)."""
+    import ast
+    import warnings
+
     names = set()
     for source in sources:
         try:
@@ -247,9 +265,12 @@ def _failure(kind, message, exc=None, sources=None):
     """Report why the program failed (the innermost trusted line first) and exit nonzero."""
     info = {"kind": kind, "message": _clip(message)}
     if exc is not None and sources:
-        frames = traceback.extract_tb(exc.__traceback__)
+        frames, tb = [], exc.__traceback__
+        while tb is not None:
+            frames.append((tb.tb_frame.f_code.co_filename, tb.tb_lineno))
+            tb = tb.tb_next
         for filename in ("<tests>", "<solution>"):
-            lines = [f.lineno for f in frames if f.filename == filename]
+            lines = [lineno for name, lineno in frames if name == filename]
             if lines and filename in sources:
                 text = sources[filename].splitlines()
                 line = lines[-1]
@@ -258,7 +279,7 @@ def _failure(kind, message, exc=None, sources=None):
                 if 0 < line <= len(text):
                     info[key.replace("line", "source")] = _clip(text[line - 1].strip(), 300)
     _flush_program_output()
-    _emit("fail", json.dumps(info))
+    _emit("fail", _json(info))
     _exit(1)
 
 
@@ -277,17 +298,17 @@ def _describe(exc):
         return type(exc).__name__
 
 
-def _libc():
+def _prctl(*settings):
+    """prctl(option, value) for each (option, value); bwrap does these itself."""
+    import ctypes
+
     try:
-        return ctypes.CDLL(None, use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)
     except OSError:
-        return None
-
-
-def _prctl(option, value):
-    libc = _libc()
-    if libc is not None and hasattr(libc, "prctl"):
-        libc.prctl(option, value, 0, 0, 0)
+        return
+    if hasattr(libc, "prctl"):
+        for option, value in settings:
+            libc.prctl(option, value, 0, 0, 0)
 
 
 def _setup_child(payload):
@@ -302,8 +323,9 @@ def _setup_child(payload):
         os.setuid(uid)
         if os.getuid() != uid or os.geteuid() != uid:
             raise RuntimeError(f"could not drop to uid {uid}")
-    _prctl(38, 1)  # PR_SET_NO_NEW_PRIVS: setuid binaries cannot raise privileges again
-    _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (cleared by setuid, so set after it)
+    if payload["tier"] == "rlimit":  # bwrap already set both (and its namespaces die with it)
+        _prctl((38, 1),  # PR_SET_NO_NEW_PRIVS: setuid binaries cannot raise privileges again
+               (1, signal.SIGKILL))  # PR_SET_PDEATHSIG (cleared by setuid, so set after it)
     limits = payload["limits"]
     for name, value in (("RLIMIT_AS", limits["address_space"]),
                         ("RLIMIT_CPU", limits["cpu_s"]),
@@ -321,7 +343,7 @@ def _run_child(payload, tests_code, prelude_code, snapshots, pristine_builtins):
     try:
         _setup_child(payload)
     except BaseException as exc:
-        _emit("error", json.dumps({"message": _clip(_describe(exc))}))
+        _emit("error", _json({"message": _clip(_describe(exc))}))
         _exit(3)
 
     sources = {"<solution>": payload["code"], "<tests>": payload["tests"]}
@@ -416,7 +438,10 @@ def _descendants():
 
 
 def _signal_all(pids, sig):
+    me = os.getpid()
     for pid in pids:
+        if pid <= 1 or pid == me:  # only ever individual processes below us
+            continue
         try:
             os.kill(pid, sig)
         except (ProcessLookupError, PermissionError):
@@ -490,27 +515,32 @@ def _read_payload():
     null = os.open(os.devnull, os.O_RDONLY)  # the program gets no stdin
     os.dup2(null, 0)
     os.close(null)
-    return json.loads(b"".join(chunks))
+    return marshal.loads(b"".join(chunks))
 
 
 def main():
     payload = _read_payload()
     _emit("start")
-    _prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphans of the program come back to us
-    _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the host's worker
+    if payload["tier"] == "rlimit":
+        _prctl((36, 1),  # PR_SET_CHILD_SUBREAPER: orphans of the program come back to us
+               (1, signal.SIGKILL))  # PR_SET_PDEATHSIG: die with the host's worker
     pristine_builtins = dict(builtins.__dict__)
     try:
-        tests_code = compile_tests(payload["tests"], "<tests>")
-        prelude_code = compile(payload["prelude"], "<prelude>", "exec")
-    except SyntaxError as exc:
-        _emit("error", json.dumps({"message": _clip(f"trusted test code does not compile: {exc}")}))
+        if payload.get("compiled"):  # compiled by the host (same interpreter version)
+            tests_code, prelude_code = marshal.loads(payload["compiled"])
+            imported = payload["modules"]
+        else:
+            tests_code = compile_tests(payload["tests"], "<tests>")
+            prelude_code = compile(payload["prelude"], "<prelude>", "exec")
+            imported = imported_modules(payload["tests"], payload["prelude"])
+    except (SyntaxError, ValueError, EOFError, TypeError) as exc:
+        _emit("error", _json({"message": _clip(f"trusted test code does not load: {exc}")}))
         _exit(3)
     for name in payload.get("preimport", ()):
         try:
             __import__(name)
         except BaseException:
             pass
-    imported = _imported_modules(payload["tests"], payload["prelude"])
     snapshots = _snapshot_modules(sorted({*_ALWAYS_RESTORED, *imported}))
     _flush_program_output()
 
@@ -526,11 +556,14 @@ def main():
         except ProcessLookupError:
             pass
         _, status = os.waitpid(pid, 0)
+    # Never signal pid -1: were this harness ever run outside its PID namespace, that would signal
+    # every process of the host. Walk our own tree instead (in bwrap, orphans that escaped it
+    # die with the namespace when we exit).
     stragglers = _kill_descendants()
     report = {"timeout": timed_out, "stragglers": stragglers,
               "code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
               "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None}
-    _emit("exit", json.dumps(report))
+    _emit("exit", _json(report))
     _exit(0)
 
 
