@@ -81,7 +81,7 @@ def test_humaneval_loader_reads_gzip_and_names_the_bad_line(tmp_path):
     bad = write_jsonl(tmp_path / "he.jsonl", [HE_ROW, {**HE_ROW, "task_id": "T/1"}, broken])
     with pytest.raises(ValueError, match=re.escape(f"{bad}:3: missing field 'entry_point'")):
         load_humaneval(bad)
-    with pytest.raises(ValueError, match=r"he2.jsonl:2: invalid JSON"):
+    with pytest.raises(ValueError, match=r"he2.jsonl:2: not valid JSON"):
         load_humaneval(write_jsonl(tmp_path / "he2.jsonl", [HE_ROW, "{not json"]))
     with pytest.raises(ValueError, match=r":2: duplicate task_id 'T/0'"):
         load_humaneval(write_jsonl(tmp_path / "he3.jsonl", [HE_ROW, HE_ROW]))
@@ -204,6 +204,15 @@ def test_humaneval_verdicts_and_reasons(humaneval):
     assert "assert candidate([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.05) == False" in verdicts[2].detail
     assert "RuntimeError" in verdicts[5].detail
     assert verdicts[3].extracted is None and "def has_close_elements" in verdicts[1].extracted
+
+
+@linux_only
+def test_scoring_never_raises_on_strange_responses(humaneval):
+    task, problems = humaneval
+    strange = ["def has_close_elements(a, b):\n    return \x00True\n", "\ud800 ```python\n\ud800\n```",
+               "```python\n" + "x = 1\n" * 20000 + "```", 12345]
+    verdicts = task.score([problems["HumanEval/0"]] * len(strange), strange)
+    assert [v.reward for v in verdicts] == [0.0] * len(strange)
 
 
 @linux_only

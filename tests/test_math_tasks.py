@@ -59,32 +59,32 @@ def test_splits_are_checked():
 
 def test_missing_field_names_file_line_and_field(tmp_path):
     path = write_jsonl(tmp_path / "bad.jsonl", [{"problem": "1+1?", "answer": "2"}, {"answer": "3"}])
-    with pytest.raises(ValueError, match=r"bad\.jsonl line 2: missing field 'problem'"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: missing field 'problem'"):
         build("math", train_path=path).load("train")
     path = write_jsonl(tmp_path / "noanswer.jsonl", [{"problem": "1+1?"}])
-    with pytest.raises(ValueError, match=r"noanswer\.jsonl line 1: missing field 'answer'"):
+    with pytest.raises(ValueError, match=r"noanswer\.jsonl:1: missing field 'answer'"):
         build("math", train_path=path).load("train")
     path = write_jsonl(tmp_path / "gsm.jsonl", [{"question": "q", "answer": "4"}])
-    with pytest.raises(ValueError, match=r"gsm\.jsonl line 1: field 'answer' has no '####"):
+    with pytest.raises(ValueError, match=r"gsm\.jsonl:1: field 'answer' has no '####"):
         build("gsm8k", test_path=path).load("test")
     path = write_jsonl(tmp_path / "gsm2.jsonl", [{"question": "q", "answer": "#### 4"}, {"q": "x"}])
-    with pytest.raises(ValueError, match=r"gsm2\.jsonl line 2: missing field 'question'"):
+    with pytest.raises(ValueError, match=r"gsm2\.jsonl:2: missing field 'question'"):
         build("gsm8k", test_path=path).load("test")
 
 
 def test_malformed_files_fail_loudly(tmp_path):
     bad_json = tmp_path / "broken.jsonl"
     bad_json.write_text('{"problem": "a", "answer": "1"}\n{"problem": \n')
-    with pytest.raises(ValueError, match=r"broken\.jsonl line 2: not valid JSON"):
+    with pytest.raises(ValueError, match=r"broken\.jsonl:2: not valid JSON"):
         build("math", train_path=bad_json).load("train")
     with pytest.raises(ValueError, match="does not exist"):
         build("math", train_path=tmp_path / "nope.jsonl").load("train")
     (tmp_path / "data.csv").write_text("a,b\n")
-    with pytest.raises(ValueError, match="expected a .jsonl or .parquet"):
+    with pytest.raises(ValueError, match="expected a .jsonl, .jsonl.gz or .parquet"):
         build("math", train_path=tmp_path / "data.csv").load("train")
     dup = write_jsonl(tmp_path / "dup.jsonl", [{"problem": "a", "answer": "1", "unique_id": "u"},
                                                {"problem": "b", "answer": "2", "unique_id": "u"}])
-    with pytest.raises(ValueError, match=r"dup\.jsonl line 2: id 'u' already used on line 1"):
+    with pytest.raises(ValueError, match=r"dup\.jsonl:2: id 'u' already used on line 1"):
         build("math", train_path=dup).load("train")
     empty = write_jsonl(tmp_path / "empty.jsonl", [{"problem": "a", "answer": " "}])
     with pytest.raises(ValueError, match="no usable problems"):
@@ -133,7 +133,7 @@ def test_hugging_face_path_without_network(monkeypatch):
 
 def test_numeric_answers_are_accepted(tmp_path):
     path = write_jsonl(tmp_path / "n.jsonl", [{"problem": "p", "answer": 42}, {"problem": "q", "answer": ["x"]}])
-    with pytest.raises(ValueError, match=r"n\.jsonl line 2: field 'answer' must be a string"):
+    with pytest.raises(ValueError, match=r"n\.jsonl:2: field 'answer' must be a string"):
         build("math", train_path=path).load("train")
     path = write_jsonl(tmp_path / "m.jsonl", [{"problem": "p", "answer": 42}])
     assert build("math", train_path=path).load("train")[0].reference == "42"

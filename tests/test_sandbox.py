@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -155,7 +156,7 @@ def test_bwrap_argv_hides_homes_and_reexposes_the_interpreter(tmp_path, monkeypa
     assert argv[-4:] == ["--", "python", "-c", "x"]
     user = bwrap_argv("bwrap", ["python"], workdir=str(tmp_path), keep_visible=[], hidden=[],
                       as_root=False)
-    assert "--unshare-user" in user and "--disable-userns" in user and "--cap-drop" not in user
+    assert "--unshare-user" in user and "--disable-userns" in user and "--cap-add" not in user
 
 
 # ----------------------------------------------------------------------------- protocol
@@ -316,3 +317,14 @@ def test_bad_config_is_refused_by_name(field, value):
         SandboxConfig(**{field: value})
     with pytest.raises(ValueError, match="contradicts"):
         SandboxConfig(tier="rlimit", require_strong=True)
+
+
+def test_the_supervisor_only_ever_signals_single_processes_below_it(monkeypatch):
+    # kill(-1) / kill(0) / kill(1) from a root supervisor outside a PID namespace would hit
+    # the whole host: the harness must filter them out whatever /proc says.
+    sent = []
+    monkeypatch.setattr(harness.os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    harness._signal_all([-1, 0, 1, os.getpid(), 999999], signal.SIGKILL)
+    assert sent == [(999999, signal.SIGKILL)]
+    source = (Path(harness.__file__)).read_text()
+    assert "kill(-" not in source and "killpg" not in source

@@ -23,7 +23,6 @@ that runs out of time scores 0 (`timeout_reward`), as in the usual pass@k harnes
 from __future__ import annotations
 
 import ast
-import gzip
 import json
 import re
 import textwrap
@@ -31,6 +30,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
+from selfcorrect.tasks.rows import read_rows
 from selfcorrect.tasks.base import (CORRECT, NO_ANSWER, SANDBOX_ERROR, TIMEOUT, WRONG_ANSWER,
                                     Problem, Task, Verdict)
 from selfcorrect.verify.sandbox import (ERROR, PASSED, TIMEOUT as SANDBOX_TIMEOUT, Program,
@@ -158,25 +158,10 @@ def humaneval_program(prompt: str, code: str, entry_point: str) -> str:
 # ----------------------------------------------------------------------------- loading
 
 def _read_jsonl(path: Path, required: dict[str, type]) -> list[tuple[int, dict]]:
-    """(line number, row) for each non-blank line; errors name the file, line and field."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    rows = []
-    try:
-        with opener(path, "rt", encoding="utf-8") as handle:
-            for lineno, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path}:{lineno}: expected a JSON object, got "
-                                     f"{type(row).__name__}")
-                _check_fields(row, required, f"{path}:{lineno}")
-                rows.append((lineno, row))
-    except FileNotFoundError:
-        raise ValueError(f"data file {path} does not exist") from None
+    """(line number, row) for each row, with field types checked; errors name file, line, field."""
+    rows = list(read_rows(path))
+    for lineno, row in rows:
+        _check_fields(row, required, f"{path}:{lineno}")
     return rows
 
 

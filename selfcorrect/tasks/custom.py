@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 import re
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .rows import read_rows, require_fields
 from .base import CORRECT, NO_ANSWER, VERIFIER_ERROR, WRONG_ANSWER, Problem, Task, Verdict
 
 DEFAULT_INSTRUCTION = ("There might be an error in the solution above because of lack of understanding of the "
@@ -87,28 +87,6 @@ def _as_verdict(value, response: str) -> Verdict:
     return Verdict(reward, response, CORRECT if reward else WRONG_ANSWER)
 
 
-def read_rows(path: str | Path, required: Sequence[str]) -> list[tuple[int, dict]]:
-    """(line number, row) for every row of a JSONL file; errors name the file, line and field."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"data file {path} does not exist")
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{number}: expected a JSON object")
-        for name in required:
-            if name not in row:
-                raise ValueError(f"{path}:{number}: missing field {name!r}")
-        rows.append((number, row))
-    return rows
-
-
 class CustomTask(Task):
     name = "custom"
 
@@ -135,7 +113,8 @@ class CustomTask(Task):
             raise ValueError(f"custom task: no file for split {split!r}; set task option {split}_path")
         question, answer, ident = self.fields
         problems = []
-        for number, row in read_rows(path, (question, answer)):
+        for number, row in read_rows(path):
+            require_fields(row, (question, answer), f"{path}:{number}")
             try:
                 text = self.prompt.format(**row)
             except KeyError as exc:

@@ -23,11 +23,10 @@ the trainer), never 0. Policy for debatable answers: see math_answers.py.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter, OrderedDict
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from selfcorrect.tasks.base import (
     CORRECT,
@@ -39,6 +38,7 @@ from selfcorrect.tasks.base import (
     Task,
     Verdict,
 )
+from selfcorrect.tasks.rows import read_hf, read_rows
 from selfcorrect.verify import math_answers
 from selfcorrect.verify.workers import TIMEOUT as POOL_TIMEOUT
 from selfcorrect.verify.workers import VerifierPool
@@ -64,48 +64,6 @@ _CACHE_SIZE = 50_000  # (reference, answer) verdicts kept: k samples often repea
 
 
 # ----------------------------------------------------------------------------- reading rows
-
-
-def _read_local(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line or row number from 1, row) from a .jsonl / .json-lines or .parquet file."""
-    if not path.is_file():
-        raise ValueError(f"data file {path} does not exist")
-    if path.suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError as exc:
-            raise ValueError(f"reading {path} needs pyarrow (pip install pyarrow)") from exc
-        for number, row in enumerate(pq.read_table(path).to_pylist(), start=1):
-            yield number, row
-        return
-    if path.suffix not in (".jsonl", ".json"):
-        raise ValueError(f"data file {path}: expected a .jsonl or .parquet file")
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path} line {number}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(row, dict):
-                raise ValueError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}")
-            yield number, row
-
-
-def _read_hf(hf_id: str, hf_config: str | None, split: str) -> Iterator[tuple[int, dict]]:
-    """Rows of a Hugging Face dataset split (needs the `datasets` package and a network)."""
-    try:
-        import datasets
-    except ImportError as exc:
-        raise ValueError(f"loading hf_id={hf_id!r} needs the datasets package (pip install datasets)") from exc
-    try:
-        data = datasets.load_dataset(hf_id, hf_config, split=split)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the id and split named
-        raise ValueError(f"could not load Hugging Face dataset {hf_id!r} "
-                         f"(config {hf_config!r}, split {split!r}): {exc}") from exc
-    for number, row in enumerate(data, start=1):
-        yield number, dict(row)
 
 
 def _field(row: dict, key: str, where: str) -> str:
@@ -200,10 +158,10 @@ class MathTask(Task):
         path = self.paths[split]
         if path is not None:
             source = str(path)
-            rows = _read_local(Path(path).expanduser())
+            rows = read_rows(path)
         elif self.hf_id is not None:
             source = f"hf:{self.hf_id}[{split}]"
-            rows = _read_hf(self.hf_id, self.hf_config, split)
+            rows = read_hf(self.hf_id, self.hf_config, split)
         else:
             raise ValueError(f"task {self.name!r}, split {split!r}: no data source; pass {split}_path="
                              f"<file.jsonl|file.parquet> or hf_id=<Hugging Face dataset id> (there is no default)")
@@ -211,7 +169,7 @@ class MathTask(Task):
         seen: dict[str, int] = {}
         skipped: list[int] = []
         for number, row in rows:
-            where = f"{source} line {number}"
+            where = f"{source}:{number}"
             read_row = self._gsm8k_row if self.name == "gsm8k" else self._math_row
             problem = read_row(row, where, split, number)
             if problem is None:

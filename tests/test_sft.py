@@ -1,0 +1,126 @@
+"""Supervised fine-tuning: chat encoding with a loss mask, padding, schedule, and the loop."""
+
+import math
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from selfcorrect.demo_model import ASSISTANT, EOS, build_tokenizer
+from selfcorrect.sft import encode_chat, lr_factor, masked_token_loss_sum, pad_batch, sft_train
+
+CHAT = [{"role": "user", "content": "47+38"}, {"role": "assistant", "content": " 75"},
+        {"role": "user", "content": "Recheck."}, {"role": "assistant", "content": "7+8=15;4+3+1=8;85"}]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer([])
+
+
+def tiny_model(vocab: int, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    return LlamaForCausalLM(config)
+
+
+def trained_text(tokenizer, ids, mask):
+    return "".join(t for t, m in zip(tokenizer.convert_ids_to_tokens(ids), mask) if m)
+
+
+def test_encode_chat_masks_assistant_turns_and_their_eos(tokenizer):
+    ids, mask = encode_chat(tokenizer, CHAT)
+    assert len(ids) == len(mask)
+    assert trained_text(tokenizer, ids, mask) == " 75" + EOS + "7+8=15;4+3+1=8;85" + EOS
+    # Everything before each assistant turn, including the role token, is context.
+    first = mask.index(1)
+    assert tokenizer.convert_ids_to_tokens(ids[first - 1]) == ASSISTANT
+
+
+def test_encode_chat_can_train_one_turn_only(tokenizer):
+    ids, mask = encode_chat(tokenizer, CHAT, loss_turns=[1])
+    assert trained_text(tokenizer, ids, mask) == "7+8=15;4+3+1=8;85" + EOS
+    _, none = encode_chat(tokenizer, CHAT, loss_turns=[])
+    assert sum(none) == 0
+
+
+def test_pad_batch_right_pads():
+    ids, attention, mask = pad_batch([[5, 6, 7], [8]], [[0, 1, 1], [1]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert attention.tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert mask.tolist() == [[0, 1, 1], [1, 0, 0]]
+
+
+def test_masked_loss_matches_a_hand_computation():
+    model = tiny_model(20)
+    ids = torch.tensor([[3, 4, 5, 6], [7, 8, 9, 0]])
+    attention = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    mask = torch.tensor([[0, 0, 1, 1], [0, 1, 0, 0]])
+    total, count = masked_token_loss_sum(model, ids, attention, mask)
+    logits = model(input_ids=ids, attention_mask=attention).logits.float()
+    logp = torch.log_softmax(logits, dim=-1)
+    expected = -(logp[0, 1, 5] + logp[0, 2, 6] + logp[1, 0, 8])
+    assert count == 3
+    assert torch.allclose(total, expected, atol=1e-5)
+
+
+def test_lr_schedule():
+    assert lr_factor(0, 100, 10, "cosine") == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, "cosine") == pytest.approx(1.0)
+    assert lr_factor(10, 100, 10, "cosine") == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, "cosine") == pytest.approx(0.5)
+    assert lr_factor(99, 100, 10, "cosine") < 0.01
+    assert lr_factor(99, 100, 10, "constant") == 1.0
+
+
+def memorise_data(tokenizer):
+    chats = [[{"role": "user", "content": f"{a}+{b}"}, {"role": "assistant", "content": str(a + b)}]
+             for a, b in [(12, 34), (56, 21), (40, 40), (77, 11), (23, 45), (61, 18)]]
+    encoded = [encode_chat(tokenizer, c) for c in chats]
+    return [e[0] for e in encoded], [e[1] for e in encoded]
+
+
+def test_sft_loss_decreases_and_is_reproducible(tokenizer):
+    rows, masks = memorise_data(tokenizer)
+    losses = sft_train(tiny_model(len(tokenizer)), rows, masks, lr=2e-2, steps=20, batch_size=6,
+                       pad_id=tokenizer.pad_token_id, seed=0)
+    assert len(losses) == 20 and all(math.isfinite(x) for x in losses)
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+    again = sft_train(tiny_model(len(tokenizer)), rows, masks, lr=2e-2, steps=20, batch_size=6,
+                      pad_id=tokenizer.pad_token_id, seed=0)
+    assert again == losses
+
+
+def test_micro_batches_give_the_same_step(tokenizer):
+    rows, masks = memorise_data(tokenizer)
+    whole, split = tiny_model(len(tokenizer)), tiny_model(len(tokenizer))
+    a = sft_train(whole, rows, masks, lr=1e-2, steps=3, batch_size=6, pad_id=tokenizer.pad_token_id)
+    b = sft_train(split, rows, masks, lr=1e-2, steps=3, batch_size=6, micro_batch_size=4,
+                  pad_id=tokenizer.pad_token_id)
+    assert a == pytest.approx(b, rel=1e-4)
+    for p, q in zip(whole.parameters(), split.parameters()):
+        assert torch.allclose(p, q, atol=1e-5)
+
+
+def test_epochs_set_the_step_count(tokenizer):
+    rows, masks = memorise_data(tokenizer)
+    losses = sft_train(tiny_model(len(tokenizer)), rows, masks, lr=1e-3, epochs=2, batch_size=4,
+                       pad_id=tokenizer.pad_token_id, schedule="constant")
+    assert len(losses) == 3  # ceil(2 * 6 / 4)
+
+
+def test_bad_input_fails_loudly(tokenizer):
+    rows, masks = memorise_data(tokenizer)
+    model = tiny_model(len(tokenizer))
+    kw = dict(lr=1e-3, batch_size=2, pad_id=0)
+    with pytest.raises(ValueError, match="row 0"):
+        sft_train(model, [rows[0]], [masks[0][:-1]], steps=1, **kw)
+    with pytest.raises(ValueError, match="no trained token"):
+        sft_train(model, [rows[0]], [[0] * len(rows[0])], steps=1, **kw)
+    with pytest.raises(ValueError, match="exactly one of steps and epochs"):
+        sft_train(model, rows, masks, steps=1, epochs=1, **kw)
+    with pytest.raises(ValueError, match="schedule"):
+        sft_train(model, rows, masks, steps=1, schedule="linear", **kw)
+    with pytest.raises(ValueError, match="as many loss masks"):
+        sft_train(model, rows, masks[:1], steps=1, **kw)
