@@ -11,32 +11,17 @@ Weights: only the trainable parameters (the LoRA adapter, or all weights without
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from .atomic import atomic_folder, write_text_atomic
+
 LATEST = "LATEST"
-
-
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.iterdir():
-        with open(path, "rb") as fh:
-            os.fsync(fh.fileno())
-
-
-def _write_atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def rng_state() -> dict:
@@ -63,21 +48,13 @@ def save(run_dir: Path, step: int, model, optimizer, scheduler, trainer_state: d
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
-    try:
+    final = root / name
+    with atomic_folder(final) as tmp:
         save_file(trainable_state(model), str(tmp / "weights.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": rng_state()}, tmp / "optimizer.pt")
         (tmp / "state.json").write_text(json.dumps(trainer_state, indent=1))
-        _fsync_tree(tmp)
-        final = root / name
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    _write_atomic_text(root / LATEST, name)
+    write_text_atomic(root / LATEST, name)
     existing = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
     for old in existing[:-keep]:
         shutil.rmtree(old, ignore_errors=True)

@@ -12,12 +12,12 @@ import contextlib
 import copy
 import importlib.util
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from .atomic import atomic_folder
 
 #: Built-in model names that need no download. "demo" is built by selfcorrect itself.
 SMOLLM2_NAME = "smollm2-135m-instruct"
@@ -76,21 +76,6 @@ def smollm2_folder() -> Path:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
     return target
-
-
-@contextlib.contextmanager
-def atomic_folder(target: Path):
-    """Yield a temporary folder beside `target`; on success it replaces `target` in one rename."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield tmp
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def resolve_model_path(name: str, *, progress: bool = True) -> str:
