@@ -128,6 +128,7 @@ def run_eval(cfg: C.Config, model=None, tokenizer=None, name: str | None = None,
             task.close()
     out = Path(cfg.run.output_dir) / "eval" / _slug(label)
     result.write_records(out / "records.jsonl")
+    C.save_yaml(cfg, out / "config.yaml")
     (out / "metrics.json").write_text(json.dumps({"metrics": result.metrics, "intervals": result.intervals},
                                                  indent=1))
     if own_task:

@@ -64,6 +64,7 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}" + ASSISTANT + "{%- endif -%}"
 )
 MODES = ("copy", "check", "break")
+RECIPE_MAX_POSITIONS = 128
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ class DemoRecipe:
     """Attention heads."""
     intermediate_size: int = 384
     """MLP width."""
-    max_positions: int = 128
+    max_positions: int = RECIPE_MAX_POSITIONS
     """Context length; a demo episode is under 60 tokens."""
     lr: float = 3e-3
     """Peak AdamW learning rate (warmup then cosine)."""
@@ -223,7 +224,7 @@ def build_corpus(problems: list[Problem], recipe: DemoRecipe, correction: str,
 
 # ---------------------------------------------------------------- tokenizer and model
 
-def build_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
+def build_tokenizer(texts: list[str], max_length: int = RECIPE_MAX_POSITIONS) -> PreTrainedTokenizerFast:
     """A character-level tokenizer trained on `texts`, covering all printable ASCII, with the
     special tokens, pad, eos = end of turn, and the demo chat template."""
     alphabet = sorted(set(string.printable) | {c for t in texts for c in t})
@@ -236,7 +237,7 @@ def build_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
     core.train_from_iterator(texts, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, eos_token=EOS,
                                         additional_special_tokens=[USER, ASSISTANT, SYSTEM],
-                                        clean_up_tokenization_spaces=False, model_max_length=RECIPE.max_positions)
+                                        clean_up_tokenization_spaces=False, model_max_length=max_length)
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
@@ -291,7 +292,7 @@ def _write_build(folder: Path, recipe: DemoRecipe, seed: int, progress: bool) ->
     task = recipe.task()
     train = task.load("train")
     chats = build_corpus(train, recipe, task.correction_instruction, seed)
-    tokenizer = build_tokenizer([m["content"] for chat in chats[:2000] for m in chat])
+    tokenizer = build_tokenizer([m["content"] for chat in chats[:2000] for m in chat], recipe.max_positions)
     rows, masks = encode_corpus(tokenizer, chats)
     if progress:
         print(f"demo base: {len(rows)} chats over {len(train)} train problems, "
@@ -385,8 +386,13 @@ def probe(model, tokenizer, task: ArithmeticTask, problems: list[Problem], *, sa
     torch.manual_seed(seed)
     model.eval()
     sentinel = "\x00SENTINEL\x00"
-    render = lambda msgs: tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def render(messages: list[dict]) -> str:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def encode(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
     second_turn = render([{"role": "user", "content": "x"}, {"role": "assistant", "content": sentinel},
                           {"role": "user", "content": task.correction_instruction}]).split(sentinel, 1)[1]
     tail = encode(second_turn)

@@ -38,7 +38,7 @@ def test_cli_overrides_apply_after_yaml():
     cfg = resolve_config(args, C.Config())
     assert cfg.optim.lr == 0.5 and cfg.model.lora is True and cfg.task.name == "custom"
     assert cfg.eval.limit == 7
-    assert cfg.algo.stage1_steps == 30  # from the YAML
+    assert cfg.algo.stage1_steps == 40  # from the YAML
 
 
 def test_cli_reports_bad_values_without_traceback(capsys):
