@@ -286,7 +286,11 @@ class Sandbox:
             except (OSError, ValueError, subprocess.SubprocessError) as exc:
                 raise SandboxUnavailable(f"cannot run the sandbox interpreter {self.python}: "
                                          f"{exc}") from exc
-            info["prefixes"] = sorted({os.path.realpath(p) for p in info["prefixes"]})
+            # with -S a virtual environment reports only its base prefix, but the program is
+            # started through the venv's own bin/python: keep that folder visible too (a venv
+            # under /tmp or $HOME would otherwise vanish behind the sandbox's tmpfs masks)
+            launcher_dir = os.path.dirname(os.path.abspath(self.python))
+            info["prefixes"] = sorted({os.path.realpath(p) for p in (*info["prefixes"], launcher_dir)})
             info["same"] = info["magic"] == importlib.util.MAGIC_NUMBER.hex()
             info["stdlib_public"] = _world_readable(info["stdlib"])
             self._interpreter = info
