@@ -16,14 +16,6 @@ from selfcorrect.tasks.arithmetic import ArithmeticTask
 SENTINEL = "\x00SENTINEL\x00"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and OpenMP threads spin on a busy CI runner."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def tokenizer():

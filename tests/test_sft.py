@@ -9,13 +9,6 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from selfcorrect.demo_model import ASSISTANT, EOS, build_tokenizer
 from selfcorrect.sft import encode_chat, lr_factor, masked_token_loss_sum, pad_batch, sft_train
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and OpenMP threads spin on a busy CI runner."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 CHAT = [{"role": "user", "content": "47+38"}, {"role": "assistant", "content": " 75"},
