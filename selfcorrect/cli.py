@@ -34,13 +34,17 @@ DESCRIPTIONS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="selfcorrect", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="selfcorrect", description="Train language models to correct their own mistakes with SCoRe "
+        "(two-stage multi-turn RL), and measure how well any model self-corrects. "
+        "`selfcorrect COMMAND --help` lists every option.")
     subs = parser.add_subparsers(dest="command", required=True)
     for name, text in DESCRIPTIONS.items():
         sub = subs.add_parser(name, help=text.split(":")[0].split(";")[0], description=text)
         sub.add_argument("--config", help="a YAML config file (configs/*.yaml); options below override it")
         for flag, (key, help_text) in SHORTCUTS.items():
-            sub.add_argument(flag, dest=key, default=argparse.SUPPRESS, help=help_text)
+            sub.add_argument(flag, dest=key, default=argparse.SUPPRESS, help=help_text,
+                             metavar=flag.strip("-").upper())
         defaults = C.Config()
         for key, f in C.iter_fields():
             section, _, field_name = key.partition(".")
