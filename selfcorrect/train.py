@@ -80,7 +80,10 @@ class Trainer:
             tokenizer = load_tokenizer(path)
             model = load_policy(path, self.device, pick_dtype(m.dtype, self.device), lora)
         self.model, self.tok = model, tokenizer
-        self.reference = Reference(self.model, uses_lora=lora is not None)
+        from peft import PeftModel
+
+        # derived from the model itself: a caller may pass a peft model built elsewhere
+        self.reference = Reference(self.model, uses_lora=isinstance(self.model, PeftModel))
         self.fmt = ChatFormat(tokenizer)
         self.problems = task.load(cfg.task.train_split)
         if not self.problems:
