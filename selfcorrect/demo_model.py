@@ -29,11 +29,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import shutil
 import string
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, replace
@@ -43,6 +40,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from selfcorrect.atomic import atomic_folder
 from selfcorrect.sft import encode_chat, sft_train
 from selfcorrect.tasks.arithmetic import ArithmeticTask
 from selfcorrect.tasks.base import Problem
@@ -363,19 +361,8 @@ def build_demo_base(cache_dir: Path, seed: int = 0, progress: bool = True, force
     final = cache_dir / f"demo-base-{recipe.fingerprint()}-seed{seed}"
     if not force and _cache_valid(final, recipe, seed):
         return final
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=cache_dir))
-    try:
+    with atomic_folder(final) as tmp:  # an interrupted build never leaves a half cache
         info = _write_build(tmp, recipe, seed, progress)
-        if final.exists():
-            # os.replace cannot move a folder onto a non-empty one: retire the old build first.
-            trash = Path(tempfile.mkdtemp(prefix=".old-", dir=cache_dir))
-            os.replace(final, trash / "old")
-            shutil.rmtree(trash, ignore_errors=True)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if progress:
         print(f"demo base: built {final} ({info['parameters']} parameters, "
               f"final loss {info['final_loss']:.3f}, {info['build_seconds']}s)", flush=True)
