@@ -166,7 +166,9 @@ def from_dict(data: dict, base: Config | None = None) -> Config:
 
 
 def set_value(cfg: Config, dotted: str, value: Any) -> None:
-    """Set `section.field` on cfg after checking the key exists and the value's type."""
+    """Set `section.field` on cfg after checking the key exists and the value's type.
+    A dict value (task.options) is merged into the current dict, so `--task.options '{a: 1}'`
+    adds to a YAML file's options instead of replacing them."""
     section, _, key = dotted.partition(".")
     sub = getattr(cfg, section, None) if section in {f.name for f in dataclasses.fields(Config)} else None
     if sub is None:
@@ -175,7 +177,10 @@ def set_value(cfg: Config, dotted: str, value: Any) -> None:
     if key not in fields:
         raise ValueError(f"unknown config key {dotted!r}; {section} has: {sorted(fields)}")
     f = fields[key]
-    setattr(sub, key, _check_type(dotted, value, f.type, f.metadata.get("choices")))
+    value = _check_type(dotted, value, f.type, f.metadata.get("choices"))
+    if isinstance(value, dict):  # options given later add to (or override keys of) earlier ones
+        value = {**getattr(sub, key), **value}
+    setattr(sub, key, value)
 
 
 def load_yaml(path: str | Path, base: Config | None = None) -> Config:

@@ -60,45 +60,52 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 class _SelectiveLogSoftmax(torch.autograd.Function):
-    """log_softmax(logits)[ids] with a chunked, recomputing backward.
+    """log_softmax(logits / temperature)[ids] with a chunked, recomputing backward.
 
     Saves only the input logits (which the model holds anyway), ids and the [B, T] logsumexp;
-    backward recomputes softmax per chunk: ∂out/∂logits = grad · (onehot(ids) − softmax).
+    backward recomputes softmax per chunk: ∂out/∂logits = grad · (onehot(ids) − softmax(z/τ)) / τ.
     """
 
     @staticmethod
-    def forward(ctx, logits: Tensor, ids: Tensor, chunk_rows: int) -> Tensor:
+    def forward(ctx, logits: Tensor, ids: Tensor, chunk_rows: int, temperature: float) -> Tensor:
         dt = _compute_dtype(logits.dtype)
         out = torch.empty(ids.shape, dtype=dt, device=logits.device)
         lse = torch.empty(ids.shape, dtype=dt, device=logits.device)
         for s in range(0, logits.shape[0], chunk_rows):
             chunk = logits[s : s + chunk_rows].to(dt)  # [c, T, V] fp32, freed each iteration
+            if temperature != 1.0:
+                chunk = chunk / temperature
             lse[s : s + chunk_rows] = torch.logsumexp(chunk, dim=-1)
             picked = chunk.gather(-1, ids[s : s + chunk_rows].unsqueeze(-1)).squeeze(-1)
             out[s : s + chunk_rows] = picked - lse[s : s + chunk_rows]
         ctx.save_for_backward(logits, ids, lse)
         ctx.chunk_rows = chunk_rows
+        ctx.temperature = temperature
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
         logits, ids, lse = ctx.saved_tensors
-        chunk_rows = ctx.chunk_rows
+        chunk_rows, temperature = ctx.chunk_rows, ctx.temperature
         grad_logits = torch.empty_like(logits)
         for s in range(0, logits.shape[0], chunk_rows):
-            g = grad_out[s : s + chunk_rows].to(lse.dtype).unsqueeze(-1)  # [c, T, 1]
-            probs = (logits[s : s + chunk_rows].to(lse.dtype) - lse[s : s + chunk_rows].unsqueeze(-1)).exp_()
-            grad = probs.mul_(-g)  # −grad · softmax
-            grad.scatter_add_(-1, ids[s : s + chunk_rows].unsqueeze(-1), g)  # + grad at the chosen id
+            g = grad_out[s : s + chunk_rows].to(lse.dtype).unsqueeze(-1) / temperature  # [c, T, 1]
+            scaled = logits[s : s + chunk_rows].to(lse.dtype)
+            if temperature != 1.0:
+                scaled = scaled / temperature
+            probs = (scaled - lse[s : s + chunk_rows].unsqueeze(-1)).exp_()
+            grad = probs.mul_(-g)  # −grad · softmax / τ
+            grad.scatter_add_(-1, ids[s : s + chunk_rows].unsqueeze(-1), g)  # + grad / τ at the chosen id
             grad_logits[s : s + chunk_rows] = grad.to(logits.dtype)
-        return grad_logits, None, None
+        return grad_logits, None, None, None
 
 
-def selective_log_softmax(logits: Tensor, ids: Tensor, chunk_rows: int = 4) -> Tensor:
-    """log_softmax(logits, -1) gathered at `ids`, a chunk of rows at a time, in fp32.
+def selective_log_softmax(logits: Tensor, ids: Tensor, chunk_rows: int = 4, temperature: float = 1.0) -> Tensor:
+    """log_softmax(logits / temperature, -1) gathered at `ids`, a chunk of rows at a time, in fp32.
 
     logits: [B, T, V] any float dtype (bf16 typical). ids: LongTensor [B, T], values in [0, V).
+    temperature > 0: the one the tokens were sampled at (their distribution is softmax(z / T)).
     Returns [B, T] float32 (float64 if logits are float64), differentiable w.r.t. logits.
     Peak extra memory is about three [chunk_rows, T, V] fp32 buffers, in forward and backward.
     """
@@ -112,13 +119,15 @@ def selective_log_softmax(logits: Tensor, ids: Tensor, chunk_rows: int = 4) -> T
         raise ValueError(f"logits must be floating point, got {logits.dtype}")
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= logits.shape[-1]):
         # An out-of-range id is a device-side assert on CUDA; say what is wrong instead.
         raise ValueError(
             f"ids must lie in [0, {logits.shape[-1]}), got min {int(ids.min())} max {int(ids.max())}"
             " (replace padding labels such as -100 by a valid id and mask them with turn_ids)"
         )
-    return _SelectiveLogSoftmax.apply(logits, ids, chunk_rows)
+    return _SelectiveLogSoftmax.apply(logits, ids, chunk_rows, float(temperature))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,11 +314,13 @@ def policy_loss(
     (turn_ids > 0). Context tokens never contribute.
     reduction 'token': sum over attempt tokens / denominator (default: attempt tokens in this
     batch; pass the global count across gradient-accumulation micro-batches instead).
-    reduction 'sequence': each row's mean over its attempt tokens, summed over rows / denominator
-    (default: rows with at least one attempt token).
-    Returns (scalar loss, stats) with stats floats: 'pg_loss', 'kl_loss' (the two parts, same
-    reduction), 'kl_t{i}' (mean `kl_metric_estimator` KL over attempt-i tokens of this batch),
-    'n_tokens' (attempt tokens) and 'n_pg_tokens'.
+    reduction 'sequence': each attempt's mean over its own tokens (row b, attempt i), summed over
+    attempts / denominator (default: the attempts present). Per attempt, not per row, so the
+    weight of attempt 2's tokens never depends on how long attempt 1 was.
+    Returns (scalar loss, stats). Every stat is a sum, so the stats of gradient-accumulation
+    micro-batches combine by adding them (`combine_stats`): 'pg_loss', 'kl_loss' (the two parts,
+    already divided by the denominator), 'n_tokens' (attempt tokens), 'n_pg_tokens',
+    'kl_sum_t{i}' (summed `kl_metric_estimator` KL over attempt-i tokens), 'n_tokens_t{i}'.
     """
     _check_turn_ids(turn_ids)
     _check_estimator(estimator)
@@ -338,11 +349,8 @@ def policy_loss(
         default_den = n_tokens
         pg_sum, kl_sum = pg_tok.sum(), kl_tok.sum()
     else:
-        row_len = is_attempt.sum(dim=1)  # [B]
-        default_den = int((row_len > 0).sum())
-        row_den = row_len.clamp(min=1).to(pg_tok.dtype)
-        pg_sum = (pg_tok.sum(dim=1) / row_den).sum()
-        kl_sum = (kl_tok.sum(dim=1) / row_den).sum()
+        default_den = len(attempt_segments(turn_ids))
+        pg_sum, kl_sum = _sum_of_attempt_means(pg_tok, turn_ids), _sum_of_attempt_means(kl_tok, turn_ids)
     if denominator is None:
         # An empty micro-batch contributes 0 but keeps the graph so backward() still works.
         den = float(max(default_den, 1))
@@ -362,6 +370,41 @@ def policy_loss(
     n_turns = int(turn_ids.max()) if turn_ids.numel() else 0
     for i in range(1, n_turns + 1):
         m = turn_ids == i
-        cnt = int(m.sum())
-        stats[f"kl_t{i}"] = float(torch.where(m, kv, 0.0).sum() / cnt) if cnt else float("nan")
+        stats[f"kl_sum_t{i}"] = float(torch.where(m, kv, 0.0).sum())
+        stats[f"n_tokens_t{i}"] = float(m.sum())
     return pg_loss + kl_loss, stats
+
+
+def attempt_segments(turn_ids: Tensor) -> list[tuple[int, int]]:
+    """(row, attempt) pairs that have at least one token. turn_ids: [B, T] integer."""
+    _check_turn_ids(turn_ids)
+    n = int(turn_ids.max()) if turn_ids.numel() else 0
+    present = torch.stack([(turn_ids == i).any(dim=1) for i in range(1, n + 1)], dim=1) if n else None
+    return [] if present is None else [(int(b), int(i) + 1) for b, i in present.nonzero().tolist()]
+
+
+def _sum_of_attempt_means(per_token: Tensor, turn_ids: Tensor) -> Tensor:
+    """Σ over (row, attempt) of the mean of `per_token` over that attempt's tokens. [B, T] → scalar."""
+    total = per_token.new_zeros(())
+    n = int(turn_ids.max()) if turn_ids.numel() else 0
+    for i in range(1, n + 1):
+        m = turn_ids == i
+        count = m.sum(dim=1)  # [B]
+        sums = torch.where(m, per_token, 0.0).sum(dim=1)
+        total = total + (sums / count.clamp(min=1).to(per_token.dtype)).sum()
+    return total
+
+
+def combine_stats(parts: list[dict[str, float]]) -> dict[str, float]:
+    """The step's statistics from its micro-batches' `policy_loss` stats: sums of sums and
+    counts, then the per-attempt KL means kl_t{i} = Σ kl_sum_t{i} / Σ n_tokens_t{i}.
+    Independent of how the step was split into micro-batches."""
+    total: dict[str, float] = {}
+    for part in parts:
+        for key, value in part.items():
+            total[key] = total.get(key, 0.0) + value
+    for key in [k for k in total if k.startswith("kl_sum_t")]:
+        i = key[len("kl_sum_t"):]
+        count = total.get(f"n_tokens_t{i}", 0.0)
+        total[f"kl_t{i}"] = total[key] / count if count else float("nan")
+    return total

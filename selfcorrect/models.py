@@ -119,13 +119,32 @@ def load_policy(path: str, device: torch.device, dtype: torch.dtype, lora: LoraS
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
-    if lora is not None:
-        from peft import LoraConfig, get_peft_model
+    return apply_lora(model, lora) if lora is not None else model
 
-        cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                         target_modules=lora.target_modules, task_type="CAUSAL_LM")
-        model = get_peft_model(model, cfg)
-    return model
+
+def apply_lora(model, lora: LoraSettings):
+    """Wrap `model` in a fresh LoRA adapter (peft keeps the adapter weights in fp32)."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                     target_modules=lora.target_modules, task_type="CAUSAL_LM")
+    return get_peft_model(model, cfg)
+
+
+def lora_settings(model_cfg) -> LoraSettings | None:
+    """The LoRA settings a ModelConfig asks for, or None for full-weight training."""
+    m = model_cfg
+    return LoraSettings(m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target_modules) if m.lora else None
+
+
+def load(model_cfg, *, training: bool = False, progress: bool = True):
+    """(model, tokenizer) for a ModelConfig: name resolved, device and dtype picked, and — for
+    training only — its LoRA adapter applied. The one way the commands load a model."""
+    path = resolve_model_path(model_cfg.name, progress=progress)
+    device = pick_device(model_cfg.device)
+    tokenizer = load_tokenizer(path)
+    lora = lora_settings(model_cfg) if training else None
+    return load_policy(path, device, pick_dtype(model_cfg.dtype, device), lora), tokenizer
 
 
 class Reference:

@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint, losses
+from . import checkpoint, losses, models
+from .batches import token_logprobs
 from .config import Config, save_yaml
 from .metrics import edit_distance_ratio, self_correction_metrics
-from .models import (LoraSettings, Reference, load_policy, load_tokenizer, pick_device, pick_dtype,
-                     resolve_model_path, save_final)
+from .optim import adamw, autocast, fp32_master_weights, lr_factor
 from .rollout import ChatFormat, SamplingSettings, rollout, verify
 from .tasks.base import Task
 
@@ -53,46 +53,33 @@ class PhaseTimer:
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
-def token_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, first: int) -> torch.Tensor:
-    """log π(token t | tokens < t) for t in [first, T): [b, T-first] fp32.
-
-    Only the positions that predict attempt tokens get logits (`logits_to_keep`), and the
-    log-softmax runs chunk by chunk, so [b, T, V] fp32 is never held for the whole batch."""
-    keep = ids.shape[1] - first + 1
-    logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep, use_cache=False).logits
-    return losses.selective_log_softmax(logits[:, :-1], ids[:, first:])
-
-
 class Trainer:
     """Holds the policy, reference, optimizer and data position of one SCoRe run."""
 
     def __init__(self, cfg: Config, task: Task, model=None, tokenizer=None):
-        self.cfg = cfg.validate()
+        self.cfg = check_training_config(cfg.validate())
         self.task = task
-        self.run_dir = Path(cfg.run.output_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        seed_everything(cfg.run.seed)
-        self.device = pick_device(cfg.model.device)
-        m = cfg.model
-        lora = LoraSettings(m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target_modules) if m.lora else None
-        if model is None:
-            path = resolve_model_path(m.name, progress=cfg.run.progress)
-            tokenizer = load_tokenizer(path)
-            model = load_policy(path, self.device, pick_dtype(m.dtype, self.device), lora)
-        self.model, self.tok = model, tokenizer
-        from peft import PeftModel
-
-        # derived from the model itself: a caller may pass a peft model built elsewhere
-        self.reference = Reference(self.model, uses_lora=isinstance(self.model, PeftModel))
-        self.fmt = ChatFormat(tokenizer)
+        # the data first: a bad path or an empty split is reported before any model is loaded
         self.problems = task.load(cfg.task.train_split)
         if not self.problems:
             raise ValueError(f"task {task.name!r} split {cfg.task.train_split!r} has no problems")
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.run_dir = Path(cfg.run.output_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        seed_everything(cfg.run.seed)
+        if model is None:
+            model, tokenizer = models.load(cfg.model, training=True, progress=cfg.run.progress)
+        self.model, self.tok = self._match_lora(model), tokenizer
+        self.device = next(self.model.parameters()).device
+        from peft import PeftModel
+
+        # derived from the model itself: a caller may pass a peft model built elsewhere. Made
+        # before the upcast below, so a full-weight reference stays in the dtype it was given.
+        self.reference = models.Reference(self.model, uses_lora=isinstance(self.model, PeftModel))
+        self.compute_dtype = fp32_master_weights(self.model)  # None: plain fp32 compute
+        self.fmt = ChatFormat(tokenizer, self.model)
+        self.optimizer = adamw(self.model, cfg.optim.lr, cfg.optim.weight_decay)
         warm = cfg.optim.warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, 0, warm))
         self.plan = stage_plan(cfg.algo.stage1_steps, cfg.algo.stage2_steps, cfg.algo.interleave)
         self.state = {"step": 0, "data_position": 0, "best_reward": None}
         self.history: list[dict] = []
@@ -101,6 +88,18 @@ class Trainer:
         else:
             self._start_fresh()
         save_yaml(cfg, self.run_dir / "config.yaml")
+
+    def _match_lora(self, model):
+        """Apply cfg.model.lora to a model passed in, or refuse a mismatch it cannot fix."""
+        from peft import PeftModel
+
+        is_peft = isinstance(model, PeftModel)
+        if self.cfg.model.lora and not is_peft:
+            return models.apply_lora(model, models.lora_settings(self.cfg.model))
+        if is_peft and not self.cfg.model.lora:
+            raise ValueError("the model passed in is a peft (LoRA) model but model.lora is false; "
+                             "set model.lora true or pass the plain model")
+        return model
 
     # ---------------------------------------------------------------- data order
     def next_problems(self) -> list:
@@ -123,6 +122,7 @@ class Trainer:
         total = len(self.plan)
         bar = tqdm(total=total, initial=self.state["step"], desc="SCoRe", disable=not self.cfg.run.progress,
                    dynamic_ncols=True)
+        last_reward = f"reward_t{self.cfg.rollout.attempts}"
         writer = tensorboard_writer(self.run_dir)
         with open(self.run_dir / "metrics.jsonl", "a") as log:
             while self.state["step"] < total:
@@ -137,18 +137,19 @@ class Trainer:
                     for key, value in metrics.items():
                         if isinstance(value, (int, float)):
                             writer.add_scalar(key, value, metrics["step"])
-                reward = metrics["reward_t2"]
+                reward = metrics[last_reward]
                 if self.state["best_reward"] is None or reward > self.state["best_reward"]:
                     self.state["best_reward"] = reward
                 if self.state["step"] % self.cfg.run.save_every == 0 or self.state["step"] == total:
                     self.save_checkpoint()
                 bar.update(1)
-                bar.set_postfix(stage=stage, acc1=f"{metrics['acc_t1']:.2f}", acc2=f"{metrics['acc_t2']:.2f}",
+                bar.set_postfix(stage=stage, **{f"acc{a}": f"{metrics[f'acc_t{a}']:.2f}"
+                                                for a in range(1, min(2, self.cfg.rollout.attempts) + 1)},
                                 loss=f"{metrics['loss']:.3f}")
         bar.close()
         if writer is not None:
             writer.close()
-        save_final(self.model, self.tok, self.run_dir / "final")
+        models.save_final(self.model, self.tok, self.run_dir / "final")
         return self.history
 
     # ---------------------------------------------------------------- one step
@@ -158,8 +159,10 @@ class Trainer:
         k, n_att = cfg.rollout.samples_per_problem, cfg.rollout.attempts
         sampling = SamplingSettings(greedy=False, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                                     max_new_tokens=cfg.rollout.max_new_tokens)
-        with timer("rollout"):
-            self.model.eval()
+        # eval mode throughout: dropout (LoRA's or the base model's) would make the trained
+        # log-probs those of another policy than the one that sampled, and the reference random
+        self.model.eval()
+        with timer("rollout"), autocast(self.device, self.compute_dtype):
             ro = rollout(self.model, self.tok, self.task, problems, n_attempts=n_att, samples_per_problem=k,
                          settings=sampling, batch_size=cfg.rollout.batch_size, fmt=self.fmt)
         with timer("verify"):
@@ -171,12 +174,11 @@ class Trainer:
                                                 has.view(len(problems), k, n_att))
             adv, valid = adv.view(-1, n_att), valid.view(-1, n_att)
         with timer("logprobs_loss"):
-            self.model.train()
             loss_value, stats = self._accumulate_gradients(ro, adv, valid, stage)
         with timer("step"):
             grad_norm = self._optimizer_step()
         with timer("metrics"):
-            metrics = self._metrics(ro, r, stage, loss_value, stats, grad_norm, valid)
+            metrics = self._metrics(ro, r, stage, loss_value, stats, grad_norm, has, valid)
         metrics.update({f"time_{name}": round(s, 4) for name, s in timer.seconds.items()})
         return metrics
 
@@ -185,9 +187,9 @@ class Trainer:
         order = sorted(range(len(ro.rows)), key=lambda i: len(ro.rows[i]))  # similar lengths pad less
         if cfg.algo.reduction == "token":
             denominator = float(sum(sum(1 for t in turns[1:] if t > 0) for turns in ro.turns))
-        else:
-            denominator = float(sum(1 for turns in ro.turns if any(t > 0 for t in turns)))
-        total, stats_sum = 0.0, {}
+        else:  # one mean per (row, attempt) that has tokens
+            denominator = float(sum(len({t for t in turns[1:] if t > 0}) for turns in ro.turns))
+        total, parts = 0.0, []
         mb = cfg.optim.micro_batch_size
         for start in range(0, len(order), mb):
             rows = order[start:start + mb]
@@ -195,8 +197,8 @@ class Trainer:
             first = int((turns > 0).float().argmax(dim=1).min())  # earliest attempt token of the chunk
             label_turns = turns[:, first:]
             with torch.no_grad(), self.reference.active() as ref_model:
-                ref_logp = token_logprobs(ref_model, ids, mask, first)
-            logp = token_logprobs(self.model, ids, mask, first)
+                ref_logp = self.logprobs(ref_model, ids, mask, first)
+            logp = self.logprobs(self.model, ids, mask, first)
             tok_adv, pg_mask = losses.token_advantages(adv[rows].to(self.device), valid[rows].to(self.device),
                                                        label_turns)
             kl_coef = losses.turn_kl_coefficients(label_turns, stage, cfg.algo.beta1, cfg.algo.beta2)
@@ -205,10 +207,14 @@ class Trainer:
                                              denominator=denominator)
             loss.backward()
             total += float(loss.detach())
-            weight = len(rows) / len(order)
-            for key, value in stats.items():
-                stats_sum[key] = stats_sum.get(key, 0.0) + weight * float(value)
-        return total, stats_sum
+            parts.append(stats)
+        return total, losses.combine_stats(parts)
+
+    def logprobs(self, model, ids, mask, first) -> torch.Tensor:
+        """Log-probs of the sampled tokens under `model` at the rollout temperature, in the
+        autocast dtype when the weights are fp32 masters of a half-precision model."""
+        with autocast(self.device, self.compute_dtype):
+            return token_logprobs(model, ids, mask, first, temperature=self.cfg.rollout.temperature)
 
     def _optimizer_step(self) -> float:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -219,7 +225,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
 
-    def _metrics(self, ro, r, stage, loss_value, stats, grad_norm, valid) -> dict:
+    def _metrics(self, ro, r, stage, loss_value, stats, grad_norm, has, valid) -> dict:
         n_att = ro.n_attempts
         m = {"stage": stage, "loss": loss_value, "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0]}
         for a in range(n_att):
@@ -229,11 +235,13 @@ class Trainer:
             m[f"truncated_t{a + 1}"] = float(np.mean([x[a] for x in ro.truncated]))
         m.update({key: value for key, value in self_correction_metrics(r.numpy()).items()
                   if key.startswith(("acc", "delta"))})
+        # attempts the verifier failed on (reward None): excluded from baselines and the loss
         m["none_rewards"] = int(torch.isnan(r).sum())
-        m["excluded_attempts"] = int((~valid).sum())
-        if n_att > 1:
-            m["edit_ratio"] = float(np.mean([edit_distance_ratio(x[0], x[1]) for x in ro.attempts]))
-        m.update(stats)
+        # rewarded attempts left without a baseline (no other rewarded sample of the problem)
+        m["no_baseline_attempts"] = int((has & ~valid).sum())
+        if n_att > 1:  # characters, as in evaluation
+            m["edit_ratio"] = float(np.mean([edit_distance_ratio(x[0], x[1]) for x in ro.texts]))
+        m.update({k: v for k, v in stats.items() if not k.startswith(("kl_sum_t", "n_tokens_t"))})
         m["gen_tokens_per_s"] = ro.generated_tokens / max(ro.generation_seconds, 1e-9)
         return m
 
@@ -267,6 +275,14 @@ class Trainer:
             kept = [line for line in log.read_text().splitlines()
                     if line.strip() and json.loads(line)["step"] <= state["step"]]
             log.write_text("".join(line + "\n" for line in kept))
+
+
+def check_training_config(cfg: Config) -> Config:
+    """Settings that are fine for evaluation but wrong for training."""
+    if cfg.rollout.top_p < 1.0:
+        raise ValueError(f"rollout.top_p={cfg.rollout.top_p}: training samples must come from the full "
+                         "softmax(z / T) that the log-probs and the KL assume; use top_p 1.0")
+    return cfg
 
 
 def seed_everything(seed: int) -> None:

@@ -62,3 +62,13 @@ def test_demo_yaml_matches_the_embedded_demo_recipe():
 def test_shipped_configs_load():
     for path in CONFIGS.glob("*.yaml"):
         C.load_yaml(path).validate()
+
+
+def test_task_options_merge_across_sources(tmp_path):
+    from selfcorrect.config import load_yaml, set_value
+
+    path = tmp_path / "c.yaml"
+    path.write_text("task:\n  options: {style: demo, digits: 2}\n")
+    cfg = load_yaml(path)
+    set_value(cfg, "task.options", {"digits": 1, "ops": "+"})
+    assert cfg.task.options == {"style": "demo", "digits": 1, "ops": "+"}

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from selfcorrect.losses import (
+    combine_stats,
     kl_penalty,
     kl_value,
     policy_loss,
@@ -230,7 +231,7 @@ def test_one_sgd_step_moves_probability_to_higher_advantage_action():
     pg_mask = torch.ones(2, 1, dtype=torch.bool)
     kl_coef = torch.full((2, 1), 0.1)
     loss, stats = policy_loss(logp, logp.detach(), token_adv, pg_mask, kl_coef, turn_ids)
-    assert stats["kl_t1"] == pytest.approx(0.0)
+    assert stats["kl_sum_t1"] == pytest.approx(0.0)
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -291,17 +292,54 @@ def test_policy_loss_reductions_and_masks_by_hand():
     loss_g, _ = policy_loss(logp, ref, token_adv, pg_mask, kl_coef, turn_ids, denominator=10)
     assert loss_g.item() == pytest.approx((sum(pg) + sum(kl)) / 10)
 
+    # sequence: a mean per (row, attempt): row 0 attempt 1 (2 tokens), row 0 attempt 2 (1), row 1 attempt 1 (1)
     loss_s, stats_s = policy_loss(logp, ref, token_adv, pg_mask, kl_coef, turn_ids, reduction="sequence")
-    row0 = (sum(pg[:3]) + sum(kl[:3])) / 3
-    row1 = (pg[3] + kl[3]) / 1
-    assert loss_s.item() == pytest.approx((row0 + row1) / 2)
+    r0a1 = (sum(pg[:2]) + sum(kl[:2])) / 2
+    r0a2 = pg[2] + kl[2]
+    r1a1 = pg[3] + kl[3]
+    assert loss_s.item() == pytest.approx((r0a1 + r0a2 + r1a1) / 3)
 
-    # per-turn KL stats (k3 value): attempt 1 over three tokens, attempt 2 over one
+    # per-turn KL stats (k3 value) as sums and counts: attempt 1 over three tokens, attempt 2 over one
     def k3(lp, r):
         return math.exp(r - lp) - (r - lp) - 1
 
-    assert stats["kl_t1"] == pytest.approx((k3(-1, -1) + k3(-2, -1) + k3(-3, -1)) / 3)
-    assert stats["kl_t2"] == pytest.approx(k3(-0.5, -1.5))
+    assert stats["kl_sum_t1"] == pytest.approx(k3(-1, -1) + k3(-2, -1) + k3(-3, -1))
+    assert stats["n_tokens_t1"] == 3 and stats["n_tokens_t2"] == 1
+    combined = combine_stats([stats])
+    assert combined["kl_t1"] == pytest.approx((k3(-1, -1) + k3(-2, -1) + k3(-3, -1)) / 3)
+    assert combined["kl_t2"] == pytest.approx(k3(-0.5, -1.5))
+
+
+def test_sequence_reduction_weighs_attempt_2_independently_of_attempt_1_length():
+    def attempt2_grad(len1: int) -> float:
+        turn_ids = torch.tensor([[0] + [1] * len1 + [0, 2, 2]])
+        logp = torch.full(turn_ids.shape, -1.0, requires_grad=True)
+        adv = torch.where(turn_ids == 2, 1.0, 0.5)
+        loss, _ = policy_loss(logp, logp.detach(), adv, turn_ids > 0, torch.zeros(turn_ids.shape), turn_ids,
+                              reduction="sequence")
+        loss.backward()
+        return float(logp.grad[0, -1])
+
+    assert attempt2_grad(1) == pytest.approx(attempt2_grad(9))
+
+
+def test_combined_stats_do_not_depend_on_micro_batch_split():
+    torch.manual_seed(0)
+    turn_ids = torch.tensor([[0, 1, 1, 0, 2, 2], [0, 0, 1, 0, 2, 0], [0, 1, 1, 1, 0, 2], [0, 1, 0, 2, 2, 2]])
+    logp, ref = -torch.rand(4, 6), -torch.rand(4, 6)
+    adv = torch.randn(4, 6) * (turn_ids > 0)
+    kl_coef = 0.1 * (turn_ids > 0).float()
+    den = int((turn_ids > 0).sum())
+
+    def step(split: int) -> dict:
+        parts = [policy_loss(logp[s:s + split], ref[s:s + split], adv[s:s + split], turn_ids[s:s + split] > 0,
+                             kl_coef[s:s + split], turn_ids[s:s + split], denominator=den)[1]
+                 for s in range(0, 4, split)]
+        return combine_stats(parts)
+
+    one, two, four = step(1), step(2), step(4)
+    for key in ("pg_loss", "kl_loss", "n_tokens", "kl_t1", "kl_t2"):
+        assert one[key] == pytest.approx(four[key]) and two[key] == pytest.approx(four[key]), key
 
 
 def test_policy_loss_rejects_bad_input():
@@ -323,4 +361,4 @@ def test_policy_loss_empty_batch_keeps_graph():
     z = torch.zeros(1, 3)
     loss, stats = policy_loss(logp, z, z, torch.zeros(1, 3, dtype=torch.bool), z, turn_ids)
     loss.backward()
-    assert loss.item() == 0.0 and stats["n_tokens"] == 0 and "kl_t1" not in stats
+    assert loss.item() == 0.0 and stats["n_tokens"] == 0 and "kl_sum_t1" not in stats

@@ -21,8 +21,8 @@ def test_left_padded_batch_equals_one_by_one_greedy():
     fmt = ChatFormat(tok)
     contexts = [fmt.first_ids([{"role": "user", "content": "x" * n}]) for n in (1, 7, 20, 3)]
     settings = SamplingSettings(greedy=True, max_new_tokens=12)
-    batched, _ = generate(model, contexts, settings, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, batch_size=4)
-    single = [generate(model, [c], settings, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, batch_size=1)[0][0]
+    batched, _ = generate(model, contexts, settings, stop_ids={tok.eos_token_id}, pad_id=tok.pad_token_id, batch_size=4)
+    single = [generate(model, [c], settings, stop_ids={tok.eos_token_id}, pad_id=tok.pad_token_id, batch_size=1)[0][0]
               for c in contexts]
     assert batched == single
     assert len({len(c) for c in contexts}) == 4  # the prompts really differ in length
@@ -75,7 +75,7 @@ def test_eos_stops_each_row_independently():
     model.register_forward_hook(force_eos_on_row0_at_third_token)
     fmt = ChatFormat(tok)
     contexts = [fmt.first_ids([{"role": "user", "content": t}]) for t in ("abc", "de")]
-    out, cut = generate(model, contexts, SamplingSettings(greedy=True, max_new_tokens=5), eos_id=eos,
+    out, cut = generate(model, contexts, SamplingSettings(greedy=True, max_new_tokens=5), stop_ids={eos},
                         pad_id=tok.pad_token_id, batch_size=2)
     assert len(out[0]) == 3 and out[0][-1] == eos and eos not in out[0][:-1]
     assert len(out[1]) == 5 and eos not in out[1]

@@ -9,6 +9,9 @@ from selfcorrect.train import Trainer, stage_plan
 from tiny import EchoTask, tiny_model, tiny_tokenizer
 
 
+VARIED = "aeiou0123456789"  # about half of a random tiny model's 5-token answers contain one
+
+
 def tiny_config(tmp_path, **algo) -> Config:
     cfg = Config()
     cfg.run.output_dir = str(tmp_path / "run")
@@ -29,7 +32,7 @@ def tiny_config(tmp_path, **algo) -> Config:
 
 def make_trainer(cfg, seed=0):
     tok = tiny_tokenizer()
-    return Trainer(cfg, EchoTask(5), model=tiny_model(tok, seed=seed), tokenizer=tok)
+    return Trainer(cfg, EchoTask(5, answer=VARIED), model=tiny_model(tok, seed=seed), tokenizer=tok)
 
 
 def test_stage_plan_interleaves_and_keeps_step_counts():

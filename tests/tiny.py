@@ -37,13 +37,15 @@ def tiny_model(tok, seed: int = 0, layers: int = 2, hidden: int = 32) -> LlamaFo
 
 
 class EchoTask(Task):
-    """Toy task: the answer is 'a'; a response is right when it contains it. Prompts of varied length."""
+    """Toy task: a response is right when it contains one of the characters of `answer` ('a' by
+    default; training tests pass many so that a random model's rewards vary). Prompts of varied length."""
 
     name = "echo"
     correction_instruction = "again"
 
-    def __init__(self, n: int = 8):
-        self.items = [Problem(id=str(i), question="x" * (1 + 3 * i), reference="a") for i in range(n)]
+    def __init__(self, n: int = 8, answer: str = "a"):
+        self.answer = answer
+        self.items = [Problem(id=str(i), question="x" * (1 + 3 * i), reference=answer) for i in range(n)]
 
     def load(self, split: str) -> list[Problem]:
         return list(self.items)
@@ -52,5 +54,5 @@ class EchoTask(Task):
         return [{"role": "user", "content": problem.question}]
 
     def score(self, problems, responses):
-        return [Verdict(1.0, r, CORRECT) if p.reference in r else Verdict(0.0, r, WRONG_ANSWER)
+        return [Verdict(1.0, r, CORRECT) if any(c in r for c in p.reference) else Verdict(0.0, r, WRONG_ANSWER)
                 for p, r in zip(problems, responses)]

@@ -1,0 +1,64 @@
+"""Optimizer pieces shared by the RL loop and supervised fine-tuning.
+
+- `adamw`: AdamW with weight decay on matrices only (decaying norms and biases hurts small models).
+- `lr_factor`: linear warm-up, then constant or cosine decay.
+- `fp32_master_weights`: trainable half-precision weights are kept in fp32 and the forward runs
+  under autocast. Plain AdamW on bf16 weights rounds every update smaller than half a bf16
+  step (≈ |w| / 256) to zero: at |w| ≈ 0.02 and lr 1e-5 most weights would never move.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+
+HALF = (torch.bfloat16, torch.float16)
+
+
+def adamw(model, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999)) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; weight decay only on tensors with >= 2 dims."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str = "constant") -> float:
+    """Multiplier of the peak learning rate at `step` (0-based): linear warm-up over `warmup`
+    steps, then flat ("constant") or cosine decay to 0 at `total` ("cosine")."""
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def fp32_master_weights(model) -> torch.dtype | None:
+    """Upcast trainable bf16/fp16 parameters to fp32 in place; return the half dtype they had
+    (to use as the autocast dtype), or None when every trainable parameter was already fp32.
+
+    Frozen parameters (a LoRA base) stay as they are: they are never updated."""
+    half = {p.dtype for p in model.parameters() if p.requires_grad and p.dtype in HALF}
+    if not half:
+        return None
+    if len(half) > 1:
+        raise ValueError(f"trainable parameters mix half dtypes {sorted(map(str, half))}")
+    for p in model.parameters():
+        if p.requires_grad and p.dtype in HALF:
+            p.data = p.data.float()
+    return half.pop()
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Autocast to `dtype` on `device`, or a no-op when dtype is None (fp32 compute)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -1,0 +1,134 @@
+"""The trainer's update belongs to the policy that sampled: temperature, eval mode, fp32 master
+weights, LoRA as configured, single-turn training, and statistics that do not depend on how a
+step is split into micro-batches."""
+
+import json
+
+import pytest
+import torch
+
+from selfcorrect.rollout import check_context_fits
+from selfcorrect.tasks.base import Problem
+from selfcorrect.train import Trainer
+from test_train import VARIED, make_trainer, tiny_config
+from tiny import EchoTask, tiny_model, tiny_tokenizer
+
+
+def test_trainer_log_probs_use_the_rollout_temperature(tmp_path):
+    cfg = tiny_config(tmp_path)
+    cfg.rollout.temperature = 0.5
+    trainer = make_trainer(cfg)
+    ids = torch.tensor([[5, 9, 12, 7, 30, 2]])
+    got = trainer.logprobs(trainer.model, ids, torch.ones_like(ids), first=2)
+    with torch.no_grad():
+        z = trainer.model(input_ids=ids).logits[0, 1:-1]
+    want = torch.log_softmax(z / 0.5, -1).gather(-1, ids[0, 2:, None])[:, 0]
+    assert torch.allclose(got[0], want, atol=1e-5)
+
+
+def test_top_p_below_one_is_refused_for_training(tmp_path):
+    cfg = tiny_config(tmp_path)
+    cfg.rollout.top_p = 0.9
+    with pytest.raises(ValueError, match="top_p"):
+        make_trainer(cfg)
+
+
+def test_log_probs_are_computed_without_dropout(tmp_path):
+    """Before the first update the policy is the reference: with dropout in the forward the
+    KL of step 1 would not be 0."""
+    cfg = tiny_config(tmp_path)
+    cfg.algo.stage1_steps, cfg.algo.stage2_steps = 1, 0
+    tok = tiny_tokenizer()
+    model = tiny_model(tok)
+    model.config.attention_dropout = 0.5
+    for layer in model.model.layers:
+        layer.self_attn.attention_dropout = 0.5
+    first = Trainer(cfg, EchoTask(5, answer=VARIED), model=model, tokenizer=tok).train()[0]
+    assert first["kl_t1"] == pytest.approx(0.0, abs=1e-9) and first["kl_t2"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_full_weight_bf16_training_moves_every_parameter_with_a_gradient(tmp_path):
+    """bf16 weights updated in bf16 round updates below half a bf16 step to zero; the trainer
+    keeps fp32 master weights and computes in bf16 under autocast."""
+    cfg = tiny_config(tmp_path)
+    cfg.optim.lr = 1e-5
+    cfg.algo.stage1_steps, cfg.algo.stage2_steps = 0, 1
+    tok = tiny_tokenizer()
+    model = tiny_model(tok).to(torch.bfloat16)
+    trainer = Trainer(cfg, EchoTask(5, answer=VARIED), model=model, tokenizer=tok)
+    assert trainer.compute_dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert next(trainer.reference.model.parameters()).dtype == torch.bfloat16  # the reference stays small
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    grads = {}
+    step = trainer._optimizer_step
+
+    def keep_grads():
+        grads.update({n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None})
+        return step()
+
+    trainer._optimizer_step = keep_grads
+    trainer.train()
+    with_grad = [n for n, g in grads.items() if g.abs().sum() > 0]
+    assert len(with_grad) > 10
+    unmoved = [n for n in with_grad if torch.equal(before[n], dict(trainer.model.named_parameters())[n].detach())]
+    assert unmoved == []
+
+
+def test_lora_setting_is_applied_to_a_model_passed_in(tmp_path):
+    from peft import PeftModel
+
+    cfg = tiny_config(tmp_path)
+    cfg.model.lora, cfg.model.lora_r = True, 4
+    trainer = make_trainer(cfg)
+    assert isinstance(trainer.model, PeftModel) and trainer.reference.model is None
+
+
+def test_a_peft_model_with_lora_off_is_refused(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    cfg = tiny_config(tmp_path)
+    tok = tiny_tokenizer()
+    model = get_peft_model(tiny_model(tok), LoraConfig(r=4, target_modules="all-linear"))
+    with pytest.raises(ValueError, match="model.lora"):
+        Trainer(cfg, EchoTask(5), model=model, tokenizer=tok)
+
+
+def test_single_turn_rl_trains(tmp_path):
+    cfg = tiny_config(tmp_path)
+    cfg.rollout.attempts = 1
+    history = make_trainer(cfg).train()
+    assert len(history) == 4 and all("acc_t1" in m and "reward_t2" not in m for m in history)
+    assert (tmp_path / "run" / "final" / "config.json").exists()
+
+
+def test_logged_statistics_do_not_depend_on_micro_batch_size(tmp_path):
+    def first_step(micro: int) -> dict:
+        cfg = tiny_config(tmp_path / str(micro))
+        cfg.optim.micro_batch_size = micro
+        cfg.algo.stage1_steps, cfg.algo.stage2_steps = 0, 1
+        return make_trainer(cfg).train()[0]
+
+    one, five, all_rows = first_step(1), first_step(5), first_step(6)
+    for key in ("pg_loss", "kl_loss", "n_tokens", "n_pg_tokens", "loss"):
+        assert one[key] == pytest.approx(all_rows[key], abs=1e-6), key
+        assert five[key] == pytest.approx(all_rows[key], abs=1e-6), key
+    assert one["n_tokens"] == all_rows["len_t1"] * 6 + all_rows["len_t2"] * 6
+
+
+def test_unrewarded_stage_1_attempts_are_not_counted_as_excluded(tmp_path):
+    cfg = tiny_config(tmp_path)
+    cfg.algo.stage1_steps, cfg.algo.stage2_steps = 1, 0
+    m = make_trainer(cfg).train()[0]
+    assert m["none_rewards"] == 0 and m["no_baseline_attempts"] == 0 and "excluded_attempts" not in m
+    logged = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert "kl_sum_t1" not in logged and "kl_t1" in logged
+
+
+def test_context_check_counts_the_tokens_between_attempts():
+    tok = tiny_tokenizer()
+    model = tiny_model(tok)  # context 512
+    problem = Problem(id="p", question="q", reference="a")
+    check_context_fits(model, [problem], [[1] * 100], 2, 200, between_tokens=10)  # 100 + 400 + 10 fits
+    with pytest.raises(ValueError, match="between attempts"):
+        check_context_fits(model, [problem], [[1] * 100], 2, 200, between_tokens=13)
