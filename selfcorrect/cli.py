@@ -2,22 +2,26 @@
 
 Every config field is an option (`--section.field VALUE`); a YAML file given with --config is
 applied first, then the options. A few shortcuts cover the common cases (--model, --task, --data,
---limit, --output)."""
+--limit, --output). The work is the library's (evaluate.py, train.py, demo.py): this module
+parses and prints."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+import textwrap
 import time
 from pathlib import Path
 
 from . import config as C
+from . import tasks
+
+OPTION_PREFIX = "task.options."
 
 SHORTCUTS = {  # flag -> (config key, help)
     "--model": ("model.name", "same as --model.name"),
     "--task": ("task.name", "same as --task.name"),
-    "--data": ("task.options.test_path", "a local data file for evaluation (sets task option test_path)"),
+    "--data": (OPTION_PREFIX + "test_path", "a local data file for evaluation (sets task option test_path)"),
     "--limit": ("eval.limit", "same as --eval.limit"),
     "--output": ("run.output_dir", "same as --run.output_dir"),
     "--seed": ("run.seed", "same as --run.seed"),
@@ -39,8 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(two-stage multi-turn RL), and measure how well any model self-corrects. "
         "`selfcorrect COMMAND --help` lists every option.")
     subs = parser.add_subparsers(dest="command", required=True)
+    epilog = tasks.options_help()
     for name, text in DESCRIPTIONS.items():
-        sub = subs.add_parser(name, help=text.split(":")[0].split(";")[0], description=text)
+        # raw text: the epilog is a table of task options; the description is wrapped here
+        sub = subs.add_parser(name, help=text.split(":")[0].split(";")[0], description=textwrap.fill(text, 100),
+                              epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
         sub.add_argument("--config", help="a YAML config file (configs/*.yaml); options below override it")
         for flag, (key, help_text) in SHORTCUTS.items():
             sub.add_argument(flag, dest=key, default=argparse.SUPPRESS, help=help_text,
@@ -59,20 +66,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line. `--task.options.KEY VALUE` (or =VALUE) sets the one task option
+    KEY: the keys depend on the task, so they cannot all be argparse options (the help's
+    epilog lists them)."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    rest = []
+    while unknown:
+        flag = unknown.pop(0)
+        if flag.startswith("--" + OPTION_PREFIX) and len(flag) > len(OPTION_PREFIX) + 2:
+            key, has_value, value = flag[2:].partition("=")
+            if not has_value:
+                if not unknown:
+                    parser.error(f"argument {flag}: expected one argument")
+                value = unknown.pop(0)
+            setattr(args, key, value)
+        else:
+            rest.append(flag)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args
+
+
 def resolve_config(args: argparse.Namespace, base: C.Config) -> C.Config:
+    """base, then the --config YAML file, then every option in command-line order. Task
+    options are merged into the dict built so far (config.set_value), never replace it."""
     cfg = C.load_yaml(args.config, base) if getattr(args, "config", None) else base
     fields = dict(C.iter_fields())
     for key, text in vars(args).items():
-        if key.startswith("task.options."):
-            cfg.task.options[key.split(".", 2)[2]] = text
+        if key.startswith(OPTION_PREFIX):
+            C.set_value(cfg, "task.options", {key[len(OPTION_PREFIX):]: text})
         elif key in fields:
             C.set_value(cfg, key, C.parse_cli_value(text, fields[key].type))
     return cfg.validate()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     try:
         if args.command == "demo":
             from .demo import demo_config, run_demo
@@ -93,10 +124,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_train(cfg: C.Config) -> None:
-    from .tasks import build_task
+    """Train; the Trainer reads the train split before it loads the model."""
     from .train import Trainer
 
-    with build_task(cfg.task.name, cfg.task.options) as task:
+    with tasks.build_task(cfg.task.name, cfg.task.options) as task:
         trainer = Trainer(cfg, task)
         start = time.perf_counter()
         trainer.train()
@@ -104,49 +135,19 @@ def run_train(cfg: C.Config) -> None:
           f"model saved to {Path(cfg.run.output_dir) / 'final'}")
 
 
-def run_eval(cfg: C.Config, model=None, tokenizer=None, name: str | None = None, task=None):
-    """Evaluate cfg.model on cfg.task's test split; print the table, write metrics + records."""
-    from .evaluate import evaluate
+def run_eval(cfg: C.Config) -> None:
+    """Evaluate (evaluate.evaluate_config) and print the table."""
+    from .evaluate import evaluate_config
     from .metrics import format_table
-    from .models import load_policy, load_tokenizer, pick_device, pick_dtype, resolve_model_path
-    from .tasks import build_task
 
-    own_task = task is None
-    task = task or build_task(cfg.task.name, cfg.task.options)
-    try:
-        if model is None:
-            path = resolve_model_path(cfg.model.name, progress=cfg.run.progress)
-            device = pick_device(cfg.model.device)
-            tokenizer = load_tokenizer(path)
-            model = load_policy(path, device, pick_dtype(cfg.model.dtype, device))
-        problems = task.load(cfg.task.test_split)
-        if cfg.eval.limit:
-            problems = problems[: cfg.eval.limit]
-        label = name or cfg.model.name
-        result = evaluate(model, tokenizer, task, problems, attempts=cfg.eval.attempts,
-                          max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
-                          batch_size=cfg.eval.batch_size, bootstrap=cfg.eval.bootstrap, seed=cfg.run.seed,
-                          progress=cfg.run.progress, desc=f"eval {label}")
-    finally:
-        if own_task:
-            task.close()
-    out = Path(cfg.run.output_dir) / "eval" / _slug(label)
-    result.write_records(out / "records.jsonl")
-    C.save_yaml(cfg, out / "config.yaml")
-    (out / "metrics.json").write_text(json.dumps({"metrics": result.metrics, "intervals": result.intervals},
-                                                 indent=1))
-    if own_task:
-        print(f"\n{task.name} {cfg.task.test_split}: {result.metrics['n']} problems, {cfg.eval.attempts} attempts")
-        print(format_table([(label, result.metrics)], {label: result.intervals}))
+    result = evaluate_config(cfg)
+    label = cfg.model.name
+    print(f"\n{cfg.task.name} {cfg.task.test_split}: {result.metrics['n']} problems, {cfg.eval.attempts} attempts")
+    print(format_table([(label, result.metrics)], {label: result.intervals}))
+    if cfg.eval.attempts > 2:
         extra = {k: v for k, v in result.metrics.items() if k.startswith(("acc_t", "delta_t1_t"))}
-        if cfg.eval.attempts > 2:
-            print("  ".join(f"{k}={v * 100:.1f}" for k, v in extra.items()))
-        print(f"per-problem records: {out / 'records.jsonl'}")
-    return result
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text.strip("/.")).strip("_")[-80:] or "model"
+        print("  ".join(f"{k}={v * 100:.1f}" for k, v in extra.items()))
+    print(f"per-problem records: {result.folder / 'records.jsonl'}")
 
 
 if __name__ == "__main__":

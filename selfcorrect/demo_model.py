@@ -41,6 +41,7 @@ from tokenizers import Tokenizer, decoders, models, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from selfcorrect.atomic import atomic_folder
+from selfcorrect.rollout import SamplingSettings, rollout, verify
 from selfcorrect.sft import encode_chat, sft_train
 from selfcorrect.tasks.arithmetic import ArithmeticTask
 from selfcorrect.tasks.base import Problem
@@ -309,7 +310,7 @@ def _write_build(folder: Path, recipe: DemoRecipe, seed: int, progress: bool) ->
               f"vocab {len(tokenizer)}, encoded in {time.time() - started:.0f}s", flush=True)
     model = build_model(recipe, tokenizer, seed)
     train_kw = dict(batch_size=recipe.batch_size, pad_id=tokenizer.pad_token_id,
-                    weight_decay=recipe.weight_decay, progress=progress, log_every=100)
+                    weight_decay=recipe.weight_decay, progress=progress)
     losses = sft_train(model, rows, masks, lr=recipe.lr, steps=recipe.steps, seed=seed, **train_kw)
     # Sanity check on train problems without a carry, where y1 is right whatever the carry
     # coin says: a model still on the plateau (wrong units digits) trains on instead.
@@ -369,118 +370,16 @@ def build_demo_base(cache_dir: Path, seed: int = 0, progress: bool = True, force
     return final
 
 
-# ---------------------------------------------------------------- calibration probe
-
-def _generate(model, tokenizer, prompts: list[list[int]], sample: bool, max_new_tokens: int,
-              batch_size: int) -> list[list[int]]:
-    """New tokens for each prompt, cut before the first eos. Prompts are batched by length, so
-    no padding is ever needed (the probe must not depend on padding behaviour)."""
-    out: list[list[int] | None] = [None] * len(prompts)
-    by_length: dict[int, list[int]] = {}
-    for i, p in enumerate(prompts):
-        by_length.setdefault(len(p), []).append(i)
-    options = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0) if sample else dict(do_sample=False)
-    for length, indices in sorted(by_length.items()):
-        for start in range(0, len(indices), batch_size):
-            chunk = indices[start: start + batch_size]
-            ids = torch.tensor([prompts[i] for i in chunk], dtype=torch.long)
-            gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                 max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_id=tokenizer.eos_token_id, **options)
-            for i, row in zip(chunk, gen[:, length:].tolist()):
-                out[i] = row[: row.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in row else row
-    return out  # type: ignore[return-value]
-
+# ---------------------------------------------------------------- the build's own check
 
 @torch.no_grad()
 def first_attempt_accuracy(model, tokenizer, task: ArithmeticTask, problems: list[Problem],
                            batch_size: int = 512) -> float:
-    """Greedy accuracy of attempt 1 alone (cheap: one short generate per batch)."""
+    """Greedy accuracy of attempt 1 alone: cheap enough to tell, mid-build, whether the model
+    has left the plateau (the calibration probe in demo_probe.py measures the rest)."""
     model.eval()
-    prompts = [tokenizer(tokenizer.apply_chat_template(task.first_turn(p), tokenize=False,
-                                                       add_generation_prompt=True),
-                         add_special_tokens=False)["input_ids"] for p in problems]
-    answers = [tokenizer.decode(y, skip_special_tokens=True)
-               for y in _generate(model, tokenizer, prompts, False, task.digits + 3, batch_size)]
-    return sum(v.reward for v in task.score(problems, answers)) / len(problems)
-
-
-@torch.no_grad()
-def probe(model, tokenizer, task: ArithmeticTask, problems: list[Problem], *, sample: bool,
-          seed: int = 0, batch_size: int = 512, max_new_tokens: int = 24) -> dict:
-    """Two attempts on each problem with model.generate (greedy, or T=1 sampling), and the
-    numbers the demo is calibrated on: acc_t1, acc_t2, delta, i_to_c, c_to_i (fractions of all
-    problems), mode shares of y2 (copy / check / break / other), check_acc (share of CHECK
-    second attempts that are right), and a few example episodes."""
-    torch.manual_seed(seed)
-    model.eval()
-    sentinel = "\x00SENTINEL\x00"
-
-    def render(messages: list[dict]) -> str:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-    def encode(text: str) -> list[int]:
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    second_turn = render([{"role": "user", "content": "x"}, {"role": "assistant", "content": sentinel},
-                          {"role": "user", "content": task.correction_instruction}]).split(sentinel, 1)[1]
-    tail = encode(second_turn)
-    prompts1 = [encode(render(task.first_turn(p))) for p in problems]
-    y1_ids = _generate(model, tokenizer, prompts1, sample, max_new_tokens, batch_size)
-    # The second-turn text starts with eos: it closes attempt 1 as the template would.
-    prompts2 = [p + y + tail for p, y in zip(prompts1, y1_ids)]
-    y2_ids = _generate(model, tokenizer, prompts2, sample, max_new_tokens, batch_size)
-    y1 = [tokenizer.decode(y, skip_special_tokens=True) for y in y1_ids]
-    y2 = [tokenizer.decode(y, skip_special_tokens=True) for y in y2_ids]
-    r1 = [v.reward for v in task.score(problems, y1)]
-    r2 = [v.reward for v in task.score(problems, y2)]
-    modes = [classify_second_attempt(a, b) for a, b in zip(y1, y2)]
-    n = len(problems)
-    checks = [r for r, m in zip(r2, modes) if m == "check"]
-    return {
-        "n": n, "sample": sample,
-        "acc_t1": sum(r1) / n, "acc_t2": sum(r2) / n, "delta": (sum(r2) - sum(r1)) / n,
-        "i_to_c": sum(1 for a, b in zip(r1, r2) if a == 0 and b == 1) / n,
-        "c_to_i": sum(1 for a, b in zip(r1, r2) if a == 1 and b == 0) / n,
-        **{f"share_{m}": modes.count(m) / n for m in (*MODES, "other")},
-        "check_acc": sum(checks) / len(checks) if checks else float("nan"),
-        "examples": [(p.question, a, b) for p, a, b in list(zip(problems, y1, y2))[:8]],
-    }
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m selfcorrect.demo_model`: build (or reuse) the demo base and print its
-    calibration on the held-out test split, greedy and sampled at T=1."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "selfcorrect")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="the seconds-long test recipe")
-    parser.add_argument("--force", action="store_true", help="rebuild even when cached")
-    parser.add_argument("--set", default="{}", help='recipe overrides as JSON, e.g. \'{"steps": 800}\'')
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    recipe = replace(QUICK_RECIPE if args.quick else RECIPE, **json.loads(args.set))
-    started = time.time()
-    folder = build_demo_base(args.cache_dir, seed=args.seed, force=args.force, recipe=recipe)
-    results = {"folder": str(folder), "seconds": round(time.time() - started, 1),
-               "build": json.loads((folder / "recipe.json").read_text())}
-    model = LlamaForCausalLM.from_pretrained(folder)
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
-    task = recipe.task()
-    for sample in (False, True):
-        t = time.time()
-        result = probe(model, tokenizer, task, task.load("test"), sample=sample, seed=args.seed)
-        result["seconds"] = round(time.time() - t, 1)
-        results["sampled" if sample else "greedy"] = result
-        print(json.dumps({k: v for k, v in result.items() if k != "examples"}), flush=True)
-        print("  examples:", result["examples"][:4], flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
-
-
-if __name__ == "__main__":
-    main()
+    settings = SamplingSettings(greedy=True, max_new_tokens=task.digits + 3)
+    ro = rollout(model, tokenizer, task, problems, n_attempts=1, samples_per_problem=1,
+                 settings=settings, batch_size=batch_size)
+    verify(task, ro)
+    return sum(row[0].reward for row in ro.verdicts) / len(problems)

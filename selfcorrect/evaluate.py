@@ -1,16 +1,25 @@
 """Evaluation: greedy attempts, the self-correction metrics with bootstrap intervals, and a
-per-problem record of every attempt (text, extracted answer, verdict, reason)."""
+per-problem record of every attempt (text, extracted answer, verdict, reason).
+
+`evaluate` scores a model on given problems; `evaluate_config` is the whole `selfcorrect eval`
+(and the demo's evaluations): data, model, evaluation and the files of the eval folder.
+"""
 
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from . import models
+from .config import Config, save_yaml
 from .metrics import bootstrap_intervals, edit_distance_ratio, self_correction_metrics
+from .progress import progress as progress_report
 from .rollout import ChatFormat, SamplingSettings, rollout, verify
+from .tasks import build_task
 from .tasks.base import Problem, Task
 
 
@@ -19,6 +28,8 @@ class EvalResult:
     metrics: dict
     intervals: dict
     records: list[dict]
+    folder: Path | None = None
+    """Where evaluate_config wrote records.jsonl, metrics.json and config.yaml."""
 
     def write_records(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -31,16 +42,14 @@ def evaluate(model, tokenizer, task: Task, problems: list[Problem], *, attempts:
              max_new_tokens: int = 256, batch_size: int = 64, bootstrap: int = 1000, seed: int = 0,
              progress: bool = True, desc: str = "eval") -> EvalResult:
     """Greedy (T = 0) evaluation of `attempts` attempts per problem, as in the paper."""
-    from tqdm.auto import tqdm
-
     if not problems:
         raise ValueError(f"task {task.name!r}: no problems to evaluate")
-    fmt = ChatFormat(tokenizer)
+    fmt = ChatFormat(tokenizer, model)
     settings = SamplingSettings(greedy=True, max_new_tokens=max_new_tokens)
     model.eval()
     correct = np.zeros((len(problems), attempts))
     records: list[dict] = []
-    bar = tqdm(total=len(problems), desc=desc, disable=not progress, dynamic_ncols=True)
+    bar = progress_report(len(problems), desc, enabled=progress)
     for start in range(0, len(problems), batch_size):
         chunk = problems[start:start + batch_size]
         ro = rollout(model, tokenizer, task, chunk, n_attempts=attempts, samples_per_problem=1,
@@ -63,6 +72,48 @@ def evaluate(model, tokenizer, task: Task, problems: list[Problem], *, attempts:
             edit_distance_ratio(r["attempts"][0]["text"], r["attempts"][1]["text"]) for r in records]))
     intervals = bootstrap_intervals(correct, n_boot=bootstrap, seed=seed) if bootstrap else {}
     return EvalResult(metrics, intervals, records)
+
+
+def evaluation_problems(cfg: Config, task: Task) -> list[Problem]:
+    """The problems cfg evaluates on: the test split, cut to eval.limit. Raises (naming the
+    file or split) when the data is unusable, so callers can check it before loading a model."""
+    problems = task.load(cfg.task.test_split)
+    if cfg.eval.limit:
+        problems = problems[: cfg.eval.limit]
+    if not problems:
+        raise ValueError(f"task {task.name!r} split {cfg.task.test_split!r}: no problems to evaluate")
+    return problems
+
+
+def evaluate_config(cfg: Config, *, model=None, tokenizer=None, task: Task | None = None,
+                    name: str | None = None) -> EvalResult:
+    """Evaluate cfg.model (or `model` + `tokenizer`) on cfg.task's test split (or `task`'s).
+
+    The data is loaded first, so a bad path is reported without loading a model. Writes
+    records.jsonl, metrics.json and config.yaml to run.output_dir/eval/<name> (name default:
+    the model name) and returns the result with that folder. A task passed in is left open.
+    """
+    label = name or cfg.model.name
+    owned = task is None  # only a task built here is closed here
+    with build_task(cfg.task.name, cfg.task.options) if owned else nullcontext(task) as task:
+        problems = evaluation_problems(cfg, task)
+        if model is None:
+            model, tokenizer = models.load(cfg.model, progress=cfg.run.progress)
+        result = evaluate(model, tokenizer, task, problems, attempts=cfg.eval.attempts,
+                          max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
+                          batch_size=cfg.eval.batch_size, bootstrap=cfg.eval.bootstrap, seed=cfg.run.seed,
+                          progress=cfg.run.progress, desc=f"eval {label}")
+    result.folder = Path(cfg.run.output_dir) / "eval" / _slug(label)
+    result.write_records(result.folder / "records.jsonl")
+    save_yaml(cfg, result.folder / "config.yaml")
+    (result.folder / "metrics.json").write_text(
+        json.dumps({"metrics": result.metrics, "intervals": result.intervals}, indent=1))
+    return result
+
+
+def _slug(text: str) -> str:
+    """A folder name for a model name or path (its last 80 safe characters)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text.strip("/.")).strip("_")[-80:] or "model"
 
 
 def _jsonable(value):

@@ -13,11 +13,13 @@ so training sees exactly the token layout that rollout and evaluation will produ
 from __future__ import annotations
 
 import math
-import time
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
+
+from .batches import pad_rows, token_logprobs
+from .optim import adamw, lr_factor
+from .progress import progress as progress_report
 
 
 def encode_chat(tokenizer, messages: list[dict],
@@ -52,47 +54,22 @@ def encode_chat(tokenizer, messages: list[dict],
     return full, mask
 
 
-def pad_batch(rows: Sequence[Sequence[int]], masks: Sequence[Sequence[int]],
-              pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-pad rows to the longest one.
-
-    Returns input_ids [B, T] (pad_id after each row), attention_mask [B, T] (1 on real tokens)
-    and loss_mask [B, T] (the given masks, 0 on padding).
-    """
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    loss_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (row, mask) in enumerate(zip(rows, masks)):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        attention[i, : len(row)] = 1
-        loss_mask[i, : len(row)] = torch.tensor(mask, dtype=torch.long)
-    return ids, attention, loss_mask
-
-
 def masked_token_loss_sum(model, ids: torch.Tensor, attention: torch.Tensor,
                           loss_mask: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Sum of next-token cross-entropies over trained tokens, and how many there are.
 
-    ids, attention, loss_mask: [B, T]. Token t is predicted from logits at t-1, so the first
-    token of a row is never trained. Log-softmax runs in float32 for stability.
+    ids, attention, loss_mask: [B, T] right-padded. Token t is predicted from logits at t-1, so
+    the first token of a row is never trained. The log-probs come from `token_logprobs`: logits
+    only from the earliest trained position on, and a log-softmax a few rows at a time, so a
+    half-precision model never gets a float32 copy of its whole [B, T, V] logits.
     """
-    logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1]  # [B, T-1, V]
-    targets = ids[:, 1:]
-    weights = loss_mask[:, 1:].to(torch.float32)
-    losses = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")  # [B, T-1]
-    return (losses * weights).sum(), int(weights.sum().item())
-
-
-def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """Multiplier of the peak learning rate at `step` (0-based): linear warmup, then
-    cosine decay to 0 at `total` ("cosine") or flat ("constant")."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    trained = loss_mask[:, 1:].bool()  # [B, T-1]: is token t+1 trained
+    if not trained.any():
+        raise ValueError("masked_token_loss_sum: no trained token after the first position")
+    first = int(trained.any(dim=0).nonzero()[0]) + 1  # the earliest trained column of the batch
+    logp = token_logprobs(model, ids, attention, first)  # [B, T - first]
+    weights = trained[:, first - 1:].to(logp.dtype)
+    return -(logp * weights).sum(), int(weights.sum().item())
 
 
 def sft_train(model, sequences: list[list[int]], loss_masks: list[list[int]], *,
@@ -100,14 +77,15 @@ def sft_train(model, sequences: list[list[int]], loss_masks: list[list[int]], *,
               batch_size: int = 32, micro_batch_size: int | None = None, pad_id: int,
               seed: int = 0, schedule: str = "cosine", warmup_steps: int | None = None,
               weight_decay: float = 0.0, max_grad_norm: float = 1.0, betas=(0.9, 0.95),
-              progress: bool = False, log_every: int = 50) -> list[float]:
+              progress: bool = False) -> list[float]:
     """Train `model` in place on (sequence, mask) rows; return the loss of every step.
 
     sequences[i]: token ids of row i; loss_masks[i]: same length, 1 where the token is trained.
     steps or epochs (exactly one): how long to train; rows are visited in a seeded shuffled
     order, reshuffled each epoch. batch_size rows per optimizer step, run as micro-batches of
     micro_batch_size rows (default: all at once) with the loss averaged over the batch's trained
-    tokens. warmup_steps default: 5% of steps. Runs on the model's device.
+    tokens. warmup_steps default: 5% of steps. Runs on the model's device. progress: report
+    the step and loss (a bar on a terminal, a line now and then in a log).
     """
     if len(sequences) != len(loss_masks) or not sequences:
         raise ValueError(f"sft_train needs as many loss masks as sequences (got {len(sequences)} "
@@ -128,16 +106,12 @@ def sft_train(model, sequences: list[list[int]], loss_masks: list[list[int]], *,
     micro = micro_batch_size or batch_size
     device = next(model.parameters()).device
 
-    # Weight decay only on matrices: decaying norms and biases only hurts small models.
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas)
+    optimizer = adamw(model, lr, weight_decay, betas=betas)
     generator = torch.Generator().manual_seed(seed)
     order: list[int] = []
     losses: list[float] = []
     model.train()
-    started = time.time()
+    report = progress_report(total, "sft", enabled=progress)
     for step in range(total):
         batch = []
         while len(batch) < batch_size:
@@ -150,7 +124,8 @@ def sft_train(model, sequences: list[list[int]], loss_masks: list[list[int]], *,
         step_loss = 0.0
         for start in range(0, len(batch), micro):
             rows = batch[start: start + micro]
-            ids, attention, mask = pad_batch([sequences[i] for i in rows], [loss_masks[i] for i in rows], pad_id)
+            ids, attention = pad_rows([sequences[i] for i in rows], pad_id)
+            mask, _ = pad_rows([loss_masks[i] for i in rows], 0)
             loss_sum, _ = masked_token_loss_sum(model, ids.to(device), attention.to(device), mask.to(device))
             (loss_sum / n_tokens).backward()
             step_loss += loss_sum.item() / n_tokens
@@ -158,8 +133,8 @@ def sft_train(model, sequences: list[list[int]], loss_masks: list[list[int]], *,
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(step_loss)
-        if progress and (step % log_every == 0 or step == total - 1):
-            print(f"sft step {step + 1}/{total} loss {step_loss:.4f} "
-                  f"lr {optimizer.param_groups[0]['lr']:.2e} {time.time() - started:.0f}s", flush=True)
+        report.update(1)
+        report.set_postfix(loss=f"{step_loss:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+    report.close()
     model.eval()
     return losses

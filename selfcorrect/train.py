@@ -28,6 +28,7 @@ from .batches import token_logprobs
 from .config import Config, save_yaml
 from .metrics import edit_distance_ratio, self_correction_metrics
 from .optim import adamw, autocast, fp32_master_weights, lr_factor
+from .progress import progress
 from .rollout import ChatFormat, SamplingSettings, rollout, verify
 from .tasks.base import Task
 
@@ -117,11 +118,8 @@ class Trainer:
     # ---------------------------------------------------------------- schedule
     def train(self) -> list[dict]:
         """Run the remaining steps of the plan; checkpoint along the way; save the final model."""
-        from tqdm.auto import tqdm
-
         total = len(self.plan)
-        bar = tqdm(total=total, initial=self.state["step"], desc="SCoRe", disable=not self.cfg.run.progress,
-                   dynamic_ncols=True)
+        bar = progress(total, "SCoRe", enabled=self.cfg.run.progress, initial=self.state["step"])
         last_reward = f"reward_t{self.cfg.rollout.attempts}"
         writer = tensorboard_writer(self.run_dir)
         with open(self.run_dir / "metrics.jsonl", "a") as log:

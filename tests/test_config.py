@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from selfcorrect import config as C
 from selfcorrect.cli import build_parser, main, resolve_config
@@ -55,8 +56,28 @@ def test_every_option_has_help(capsys):
         assert field.metadata["help"]
 
 
-def test_demo_yaml_matches_the_embedded_demo_recipe():
-    assert C.to_dict(C.load_yaml(CONFIGS / "demo.yaml")) == C.to_dict(demo_config())
+def test_demo_settings_are_the_ones_the_readme_reports():
+    """The README's demo table was measured with these settings; --quick shrinks only a few."""
+    cfg = demo_config()
+    assert (cfg.model.name, cfg.task.name, cfg.task.options) == ("demo", "arithmetic", {"style": "demo"})
+    assert (cfg.algo.stage1_steps, cfg.algo.stage2_steps, cfg.algo.alpha, cfg.algo.beta1, cfg.algo.beta2) == \
+        (40, 40, 10.0, 0.01, 0.1)
+    assert (cfg.rollout.samples_per_problem, cfg.rollout.temperature, cfg.rollout.max_new_tokens) == (4, 1.0, 48)
+    assert (cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.problems_per_step) == (1e-4, 5, 64)
+    assert cfg.run.output_dir == "runs/demo" and cfg.run.overwrite is True
+    quick = C.to_dict(demo_config(quick=True))
+    changed = {f"{s}.{k}" for s, values in C.to_dict(cfg).items() for k, v in values.items() if quick[s][k] != v}
+    assert changed == {"algo.stage1_steps", "algo.stage2_steps", "optim.problems_per_step", "eval.limit",
+                       "eval.bootstrap", "run.output_dir"}
+
+
+def test_the_demo_recipe_ships_with_the_package_and_configs_shows_the_same_file():
+    from importlib.resources import files
+
+    packaged = files("selfcorrect") / "recipes" / "demo.yaml"
+    assert C.to_dict(C.from_dict(yaml.safe_load(packaged.read_text()))) == C.to_dict(demo_config())
+    assert (CONFIGS / "demo.yaml").read_text() == packaged.read_text()
+    assert 'selfcorrect = ["recipes/*.yaml"]' in (CONFIGS.parent / "pyproject.toml").read_text()
 
 
 def test_shipped_configs_load():

@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from selfcorrect import demo_model as dm
+from selfcorrect.demo_probe import probe
 from selfcorrect.sft import encode_chat
 from selfcorrect.tasks.arithmetic import ArithmeticTask
 
@@ -217,10 +218,21 @@ def test_probe_reports_calibration_numbers(quick_build):
     model = AutoModelForCausalLM.from_pretrained(quick_build)
     tok = AutoTokenizer.from_pretrained(quick_build)
     task = ArithmeticTask()
-    result = dm.probe(model, tok, task, task.load("test")[:16], sample=False, max_new_tokens=6)
+    result = probe(model, tok, task, task.load("test")[:16], sample=False, max_new_tokens=6)
     assert result["n"] == 16
     assert result["acc_t2"] - result["acc_t1"] == pytest.approx(result["i_to_c"] - result["c_to_i"])
     assert sum(result[f"share_{m}"] for m in (*dm.MODES, "other")) == pytest.approx(1.0)
+
+
+def test_probe_command_reports_greedy_and_sampled(quick_build, tmp_path, capsys):
+    from selfcorrect.demo_probe import main
+
+    out = tmp_path / "probe.json"
+    main(["--quick", "--cache-dir", str(quick_build.parent), "--json", str(out)])
+    results = json.loads(out.read_text())
+    assert results["folder"] == str(quick_build)  # the cached build, not a new one
+    assert results["greedy"]["n"] == results["sampled"]["n"] == 500
+    assert capsys.readouterr().out.count('"acc_t1"') == 2
 
 
 @pytest.mark.calibration
@@ -230,8 +242,8 @@ def test_real_recipe_calibration(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(folder)
     tok = AutoTokenizer.from_pretrained(folder)
     task = dm.RECIPE.task()
-    greedy = dm.probe(model, tok, task, task.load("test"), sample=False)
-    sampled = dm.probe(model, tok, task, task.load("test"), sample=True)
+    greedy = probe(model, tok, task, task.load("test"), sample=False)
+    sampled = probe(model, tok, task, task.load("test"), sample=True)
     assert 0.3 <= greedy["acc_t1"] <= 0.7
     assert abs(greedy["delta"]) <= 0.05
     assert 0.55 <= sampled["share_copy"] <= 0.75

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from selfcorrect.cli import main
-from selfcorrect.evaluate import evaluate
+from selfcorrect.config import Config
+from selfcorrect.evaluate import evaluate, evaluate_config
 from selfcorrect.models import Reference, load_policy, load_tokenizer, resolve_model_path
 from tiny import EchoTask, tiny_model, tiny_tokenizer
 
@@ -48,6 +49,36 @@ def test_cli_eval_on_a_local_model_folder_writes_records(saved_tiny, tmp_path, c
     assert "| Approach | Acc@t1 | Acc@t2 |" in text
     records = list((out / "eval").glob("*/records.jsonl"))
     assert len(records) == 1 and len(records[0].read_text().splitlines()) == 3
+
+
+def test_evaluation_progress_in_a_log_is_one_plain_line(saved_tiny, capsys):
+    tok = load_tokenizer(str(saved_tiny))
+    model = load_policy(str(saved_tiny), torch.device("cpu"), torch.float32)
+    task = EchoTask(6)
+    capsys.readouterr()  # transformers' own loading bar
+    evaluate(model, tok, task, task.load("test"), max_new_tokens=2, batch_size=2, bootstrap=0, desc="eval tiny")
+    err = capsys.readouterr().err  # captured: not a terminal
+    assert "\r" not in err and err.startswith("eval tiny 6/6 (100%)") and err.count("\n") == 1
+
+
+def test_evaluate_config_is_the_library_entry_point(saved_tiny, tmp_path):
+    """Loads cfg.model itself, writes the eval folder, and leaves a task passed in open."""
+    cfg = Config()
+    cfg.model.name, cfg.run.output_dir, cfg.run.progress = str(saved_tiny), str(tmp_path), False
+    cfg.rollout.max_new_tokens, cfg.eval.bootstrap, cfg.eval.limit = 4, 0, 5
+
+    class Task(EchoTask):
+        closed = False
+
+        def close(self):
+            self.closed = True
+
+    task = Task(8)
+    result = evaluate_config(cfg, task=task, name="tiny/model")
+    assert result.metrics["n"] == 5 and not task.closed
+    assert result.folder == tmp_path / "eval" / "tiny_model"
+    assert sorted(p.name for p in result.folder.iterdir()) == ["config.yaml", "metrics.json", "records.jsonl"]
+    assert json.loads((result.folder / "metrics.json").read_text())["metrics"] == result.metrics
 
 
 def _echo_file(tmp_path):

@@ -4,12 +4,14 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from selfcorrect.demo_model import ASSISTANT, EOS, build_tokenizer
-from selfcorrect.sft import encode_chat, lr_factor, masked_token_loss_sum, pad_batch, sft_train
-
-
+from selfcorrect.optim import lr_factor
+from selfcorrect.sft import encode_chat, masked_token_loss_sum, sft_train
 
 CHAT = [{"role": "user", "content": "47+38"}, {"role": "assistant", "content": " 75"},
         {"role": "user", "content": "Recheck."}, {"role": "assistant", "content": "7+8=15;4+3+1=8;85"}]
@@ -20,11 +22,11 @@ def tokenizer():
     return build_tokenizer([])
 
 
-def tiny_model(vocab: int, seed: int = 0) -> LlamaForCausalLM:
+def tiny_model(vocab: int, seed: int = 0, dtype=torch.float32) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
-    return LlamaForCausalLM(config)
+    return LlamaForCausalLM(config).to(dtype)
 
 
 def trained_text(tokenizer, ids, mask):
@@ -47,13 +49,6 @@ def test_encode_chat_can_train_one_turn_only(tokenizer):
     assert sum(none) == 0
 
 
-def test_pad_batch_right_pads():
-    ids, attention, mask = pad_batch([[5, 6, 7], [8]], [[0, 1, 1], [1]], pad_id=0)
-    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]]
-    assert attention.tolist() == [[1, 1, 1], [1, 0, 0]]
-    assert mask.tolist() == [[0, 1, 1], [1, 0, 0]]
-
-
 def test_masked_loss_matches_a_hand_computation():
     model = tiny_model(20)
     ids = torch.tensor([[3, 4, 5, 6], [7, 8, 9, 0]])
@@ -65,6 +60,56 @@ def test_masked_loss_matches_a_hand_computation():
     expected = -(logp[0, 1, 5] + logp[0, 2, 6] + logp[1, 0, 8])
     assert count == 3
     assert torch.allclose(total, expected, atol=1e-5)
+
+
+def test_masked_loss_and_gradient_equal_plain_cross_entropy():
+    """Padding, a prompt before the first trained token, and rows that start training late."""
+    ids = torch.tensor([[3, 4, 5, 6, 7, 8], [9, 10, 11, 12, 0, 0], [13, 14, 15, 16, 17, 0]])
+    attention = (torch.arange(6) < torch.tensor([[6], [4], [5]])).long()
+    mask = torch.tensor([[0, 0, 1, 1, 0, 1], [0, 0, 0, 1, 0, 0], [0, 0, 0, 1, 1, 0]])
+    ours, plain = tiny_model(20, seed=1), tiny_model(20, seed=1)
+    total, count = masked_token_loss_sum(ours, ids, attention, mask)
+    logits = plain(input_ids=ids, attention_mask=attention).logits[:, :-1]
+    losses = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+    expected = (losses * mask[:, 1:]).sum()
+    assert count == 6
+    assert torch.allclose(total, expected, atol=1e-5)
+    total.backward()
+    expected.backward()
+    for p, q in zip(ours.parameters(), plain.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-5)
+
+
+class Float32Logits(TorchDispatchMode):
+    """Records the largest float32 tensor made by any op whose last dimension is the vocabulary."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab, self.largest = vocab, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.dim() >= 2 \
+                    and t.shape[-1] == self.vocab:
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+def test_a_half_precision_model_never_gets_a_float32_copy_of_all_logits():
+    """The loss of a bf16 model is computed in fp32 a few rows at a time, forward and backward:
+    no fp32 tensor as large as the batch's [B, T - 1, V] logits is ever made."""
+    vocab, batch, width = 50, 8, 12
+    model = tiny_model(vocab, dtype=torch.bfloat16)
+    ids = torch.randint(1, vocab, (batch, width))
+    attention = torch.ones_like(ids)
+    mask = torch.zeros_like(ids)
+    mask[:, 2:] = 1
+    with Float32Logits(vocab) as seen:
+        total, _ = masked_token_loss_sum(model, ids, attention, mask)
+        total.backward()
+    assert torch.isfinite(total)
+    assert 0 < seen.largest < batch * (width - 1) * vocab
 
 
 def test_lr_schedule():
@@ -92,6 +137,14 @@ def test_sft_loss_decreases_and_is_reproducible(tokenizer):
     again = sft_train(tiny_model(len(tokenizer)), rows, masks, lr=2e-2, steps=20, batch_size=6,
                       pad_id=tokenizer.pad_token_id, seed=0)
     assert again == losses
+
+
+def test_progress_in_a_log_is_a_plain_line(tokenizer, capsys):
+    rows, masks = memorise_data(tokenizer)
+    sft_train(tiny_model(len(tokenizer)), rows, masks, lr=1e-3, steps=3, batch_size=6,
+              pad_id=tokenizer.pad_token_id, progress=True)
+    err = capsys.readouterr().err  # captured: not a terminal
+    assert "\r" not in err and err.startswith("sft 3/3 (100%)") and "loss=" in err
 
 
 def test_micro_batches_give_the_same_step(tokenizer):

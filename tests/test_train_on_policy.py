@@ -132,3 +132,17 @@ def test_context_check_counts_the_tokens_between_attempts():
     check_context_fits(model, [problem], [[1] * 100], 2, 200, between_tokens=10)  # 100 + 400 + 10 fits
     with pytest.raises(ValueError, match="between attempts"):
         check_context_fits(model, [problem], [[1] * 100], 2, 200, between_tokens=13)
+
+
+def test_training_edit_ratio_is_over_characters_as_in_evaluation(tmp_path, monkeypatch):
+    import selfcorrect.train as train_module
+    from selfcorrect.metrics import edit_distance_ratio
+
+    seen = []
+    real = train_module.rollout
+    monkeypatch.setattr(train_module, "rollout", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    cfg = tiny_config(tmp_path)
+    cfg.algo.stage1_steps, cfg.algo.stage2_steps = 1, 0
+    m = make_trainer(cfg).train()[0]
+    texts = seen[0].texts
+    assert m["edit_ratio"] == pytest.approx(sum(edit_distance_ratio(t[0], t[1]) for t in texts) / len(texts))
