@@ -15,13 +15,14 @@ from pathlib import Path
 
 from . import config as C
 from . import tasks
+from .tasks import eval_data_option
 
 OPTION_PREFIX = "task.options."
 
 SHORTCUTS = {  # flag -> (config key, help)
     "--model": ("model.name", "same as --model.name"),
     "--task": ("task.name", "same as --task.name"),
-    "--data": (OPTION_PREFIX + "test_path", "a local data file for evaluation (sets task option test_path)"),
+    "--data": ("data", "a local data file for evaluation (the task's test_path; data_path for humaneval / mbpp)"),
     "--limit": ("eval.limit", "same as --eval.limit"),
     "--output": ("run.output_dir", "same as --run.output_dir"),
     "--seed": ("run.seed", "same as --run.seed"),
@@ -95,10 +96,14 @@ def resolve_config(args: argparse.Namespace, base: C.Config) -> C.Config:
     cfg = C.load_yaml(args.config, base) if getattr(args, "config", None) else base
     fields = dict(C.iter_fields())
     for key, text in vars(args).items():
+        if key == "data":
+            continue  # below, once the task is known whatever the flags' order
         if key.startswith(OPTION_PREFIX):
             C.set_value(cfg, "task.options", {key[len(OPTION_PREFIX):]: text})
         elif key in fields:
             C.set_value(cfg, key, C.parse_cli_value(text, fields[key].type))
+    if getattr(args, "data", None) is not None:
+        C.set_value(cfg, "task.options", {eval_data_option(cfg.task.name): args.data})
     return cfg.validate()
 
 

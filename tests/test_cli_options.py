@@ -21,10 +21,11 @@ def test_task_options_on_the_command_line_merge_into_the_yaml_ones(tmp_path):
 def test_one_task_option_at_a_time(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("task:\n  options: {style: demo, ops: '+'}\n")
-    cfg = resolved(["eval", "--config", str(path), "--task.options.digits", "1", "--task.options.ops=+-",
-                    "--data", "test.jsonl"])
+    cfg = resolved(["eval", "--config", str(path), "--task.options.digits", "1", "--task.options.ops=+-"])
     # strings, read by the task's own option checker ("1" -> 1 there)
-    assert cfg.task.options == {"style": "demo", "ops": "+-", "digits": "1", "test_path": "test.jsonl"}
+    assert cfg.task.options == {"style": "demo", "ops": "+-", "digits": "1"}
+    with pytest.raises(ValueError, match="--data does not apply"):  # arithmetic generates its problems
+        resolved(["eval", "--config", str(path), "--data", "test.jsonl"])
 
 
 def test_unknown_flags_are_still_refused(capsys):
@@ -48,3 +49,14 @@ def test_help_lists_every_tasks_options(command, capsys):
     text = capsys.readouterr().out
     assert tasks.options_help() in text
     assert "--optim.lr" in text
+
+
+def test_data_shortcut_sets_each_tasks_own_data_option_whatever_the_order():
+    from selfcorrect.cli import build_parser, resolve_config
+    from selfcorrect.config import Config
+
+    for argv, key in ((["--data", "x.jsonl", "--task", "mbpp"], "data_path"),
+                      (["--task", "humaneval", "--data", "x.jsonl"], "data_path"),
+                      (["--data", "x.jsonl", "--task", "math500"], "test_path")):
+        args = build_parser().parse_args(["eval", *argv])
+        assert resolve_config(args, Config()).task.options == {key: "x.jsonl"}, argv

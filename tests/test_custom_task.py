@@ -1,17 +1,41 @@
 import json
+import time
 
 import pytest
 
 from selfcorrect.config import Config
 from selfcorrect.tasks import build_task
-from selfcorrect.tasks.base import VERIFIER_ERROR, Problem
+from selfcorrect.tasks.base import TIMEOUT, VERIFIER_ERROR, Problem
 from selfcorrect.train import Trainer
 from tiny import tiny_model, tiny_tokenizer
 
 SCORER = '''
+import os
+import signal
+import time
+
+
 def score(problem, response):
     if "boom" in response:
         raise RuntimeError("scorer bug")
+    return problem.reference in response
+
+
+def moody(problem, response):
+    """Hangs, hangs deaf to the soft deadline, dies or answers nonsense, as the response asks."""
+    if response == "hang":
+        while True:
+            time.sleep(1)
+    if response == "deaf":
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)
+        while True:
+            time.sleep(1)
+    if response == "die":
+        os._exit(3)
+    if response == "yes":
+        return "yes"
+    if response == "0.7":
+        return 0.7
     return problem.reference in response
 '''
 
@@ -50,6 +74,53 @@ def test_custom_task_errors_name_file_line_and_field(files):
         build_task("custom", dict(options(files), scorer=f"{files / 'scoring.py'}:nope"))
     with pytest.raises(ValueError, match="unknown task"):
         build_task("nosuchtask")
+
+
+def test_a_hanging_or_crashing_scorer_costs_one_verdict_not_the_run(files):
+    opts = dict(options(files), scorer=f"{files / 'scoring.py'}:moody", timeout_s=1, workers=2)
+    p = Problem("1", "q", "ab")
+    with build_task("custom", opts) as task:
+        assert [v.reward for v in task.score([p, p], ["ab", "cd"])] == [1.0, 0.0]  # workers started: not timed
+        start = time.monotonic()
+        verdicts = task.score([p, p, p, p], ["hang", "deaf", "die", "ab"])
+        assert time.monotonic() - start < 1 + 2 + 2  # deadline + kill grace + a busy machine's slack
+    assert [(v.reward, v.reason) for v in verdicts] == [
+        (None, TIMEOUT), (None, TIMEOUT), (None, VERIFIER_ERROR), (1.0, "correct")]
+    assert all("moody" in v.detail for v in verdicts[:3])
+    assert task.stats[TIMEOUT] == 2 and task.stats[VERIFIER_ERROR] == 1
+
+
+def test_a_scorer_returning_the_wrong_type_is_named(files):
+    opts = dict(options(files), scorer=f"{files / 'scoring.py'}:moody")
+    p = Problem("1", "q", "ab")
+    with build_task("custom", opts) as task:
+        verdicts = task.score([p, p], ["yes", "0.7"])
+    for verdict, shown in zip(verdicts, ("'yes'", "0.7")):
+        assert (verdict.reward, verdict.reason) == (None, VERIFIER_ERROR)
+        assert "moody" in verdict.detail and shown in verdict.detail, verdict.detail
+
+
+def test_a_timeout_reward_of_zero_scores_a_hang_as_wrong(files):
+    opts = dict(options(files), scorer=f"{files / 'scoring.py'}:moody", timeout_s=1, timeout_reward=0.0)
+    with build_task("custom", opts) as task:
+        verdict, = task.score([Problem("1", "q", "ab")], ["hang"])
+    assert (verdict.reward, verdict.reason) == (0.0, TIMEOUT)
+
+
+@pytest.mark.parametrize("spec,named", [
+    ("no_such_module_xyz:score", "no_such_module_xyz"),
+    ("{files}/missing.py:score", "missing.py"),
+    ("{files}/broken.py:score", "broken.py"),
+    ("{files}/scoring.py:nope", "no function 'nope'"),
+    ("json:nope", "no function 'nope'"),
+    ("score", "expected 'module:function'"),
+])
+def test_a_scorer_that_cannot_be_imported_fails_at_build_time(files, spec, named):
+    (files / "broken.py").write_text("def score(problem, response)\n    return True\n")
+    with pytest.raises(ValueError) as info:
+        build_task("custom", dict(options(files), scorer=spec.format(files=files)))
+    message = str(info.value)
+    assert named in message and "\n" not in message, message
 
 
 def test_builtin_scorers():

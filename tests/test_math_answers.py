@@ -108,6 +108,13 @@ GOLDEN = [
     ("brace-soup", "5", "}{", F),
     ("stray-dollar", "5", "$5", T),
     ("extra-brace", "\\frac{1}{2}", "\\frac{1}{2}}", T),
+    # plain numbers compare exactly: math-verify's 6-place rounding must not make tiny values equal
+    ("tiny-factorials", "\\frac{1}{2004!}", "\\frac{1}{2006!}", F),
+    ("tiny-factorials-same", "\\frac{1}{2004!}", "\\frac{1}{2004 \\cdot 2003!}", T),
+    ("tiny-factorials-30", "\\frac{1}{30!}", "\\frac{1}{31!}", F),
+    ("tiny-powers", "10^{-30}", "10^{-31}", F),
+    ("exact-factorial-2006", "2006!", "2006 \\times 2005!", T),
+    ("power-vs-integer", "1000", "10^3", T),
     # pathological: refused by the pre-check, so wrong, fast
     ("tower-braced", "5", "9^{9^{9^{9}}}", F),
     ("tower-chain", "5", "9^9^9^9", F),
@@ -212,6 +219,42 @@ def test_extraction_of_adversarial_responses_is_fast():
         if answer is not None:
             ma.reject_reason(answer)
     assert time.monotonic() - start < 10  # linear scans: well under a second when idle
+
+
+@pytest.mark.parametrize("gold,candidate,expected", [
+    ("\\frac{1}{2004!}", "\\frac{1}{2006!}", False),  # the review's case: a wrong answer, not a verifier error
+    ("\\frac{1}{2004!}", "\\frac{1}{2004!}", True),
+    ("\\frac12", "\\dfrac{1}{2}", True),
+    ("\\frac{-1}{2}", "-\\frac12", True),
+    ("\\frac{1}{2}", "\\frac1{2}", True),
+    ("1/2", "2/4", True),
+    ("-3", "3", False),
+    ("720", "(3!)!", True),
+    ("\\left(5\\right)", "5", True),
+    ("1", "1^{10^{50}}", True),  # a power of 1 costs nothing, whatever the exponent
+    # not plain numbers, or ambiguous: math-verify decides
+    ("0.5", "1/2", None), ("1,000", "1000", None), ("2", "2\\frac{1}{2}", None), ("6", "2(3)", None),
+    ("100", "10^10", None), ("5", "2^3^2", None), ("7", "\\frac123", None), ("5", "(2+3", None),
+    ("5", "x", None), ("5", "3!!", None), ("1", "0^0", None), ("1", "1/0", None), ("2", "4^{1/2}", None),
+    # too big to evaluate: undecided here, then refused by the pre-check
+    ("5", "9^{9^{9^{9}}}", None), ("5", "100000!", None), ("5", "(10^{10})!", None),
+])
+def test_exact_compare(gold, candidate, expected):
+    assert ma.exact_compare(gold, candidate) is expected
+
+
+def test_exact_arithmetic_is_bounded_on_adversarial_answers():
+    import time
+
+    answers = ["+".join(["2^{30000}/3^{18000}"] * 45), "*".join(["7000!"] * 150), "/".join(["7000!"] * 150),
+               "+".join(["7000!/6999!"] * 80), "+".join([f"1/(7000!-{i})" for i in range(60)]),
+               "(" * 39 + "1" + ")" * 39, "(" * 500 + "1" + ")" * 500, "9" * 999]
+    start = time.monotonic()
+    for answer in answers:
+        assert len(answer) <= ma.MAX_ANSWER_CHARS or ma.exact_value(answer) is None
+        ma.exact_compare(answer, answer)
+        ma.quick_compare("5", answer)
+    assert time.monotonic() - start < 10  # milliseconds each when idle
 
 
 def test_gsm8k_reference():

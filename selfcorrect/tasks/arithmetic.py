@@ -20,6 +20,7 @@ import re
 from typing import Sequence
 
 from selfcorrect.tasks.base import CORRECT, NO_ANSWER, WRONG_ANSWER, Problem, Task, Verdict
+from selfcorrect.tasks.options import Option, resolve
 
 STYLES = ("demo", "chat")
 OPS = "+-*"
@@ -28,6 +29,15 @@ DEMO_CORRECTION = "Recheck."
 CHAT_CORRECTION = (
     "There might be an error in your answer above. Please check your work, correct the error "
     'if there is one, and end your reply with the final answer in the form "Answer: N".'
+)
+OPTIONS = (
+    Option("digits", "int", 2, "operand length (1 digit = 0..9)", choices=(1, 2, 3, 4)),
+    Option("ops", "str", "+", 'operators used, distinct, from "+-*" (e.g. "+" or "+-*")'),
+    Option("style", "str", "demo", "demo = compact, for the built-in tiny model; chat = natural prompts",
+           choices=STYLES),
+    Option("n_test", "int", None, "size of the held-out test split; None = 500, or half when there are "
+           "fewer than 1000 problems", nullable=True, at_least=1),
+    Option("seed", "int", 0, "split seed: the same seed always gives the same split"),
 )
 _CHAT_QUESTION = 'What is {a} {op} {b}? End your reply with the final answer in the form "Answer: N".'
 
@@ -85,25 +95,17 @@ def extract_chat_answer(text: str) -> str | None:
 
 
 class ArithmeticTask(Task):
-    """`a op b` with `digits`-digit operands; reference = the exact integer result.
-
-    digits: operand length, 1..4 (1 digit = 0..9, d digits = 10**(d-1) .. 10**d - 1).
-    ops: which operators appear, a non-empty subset of "+-*" (e.g. "+" or "+-*").
-    style: "demo" (compact, for the built-in tiny model) or "chat" (natural, for instruct LLMs).
-    n_test: size of the held-out test split; None = 500, or half the problems when fewer than 1000.
-    seed: the split seed; the same seed always gives the same split.
-    """
+    """`a op b` with `digits`-digit operands (d digits = 10**(d-1) .. 10**d - 1; one digit =
+    0..9); reference = the exact integer result. Options: OPTIONS (digits, ops, style, n_test,
+    seed), the single source of truth for their checks, defaults and help."""
 
     name = "arithmetic"
 
-    def __init__(self, digits: int = 2, ops: str = "+", style: str = "demo",
-                 n_test: int | None = None, seed: int = 0):
-        if not isinstance(digits, int) or not 1 <= digits <= 4:
-            raise ValueError(f"arithmetic option digits={digits!r}: expected an integer in 1..4")
+    def __init__(self, **options):
+        opts = resolve("arithmetic", OPTIONS, options)
+        digits, ops, style, n_test, seed = (opts[k] for k in ("digits", "ops", "style", "n_test", "seed"))
         if not ops or any(op not in OPS for op in ops) or len(set(ops)) != len(ops):
             raise ValueError(f"arithmetic option ops={ops!r}: expected distinct operators from {OPS!r}")
-        if style not in STYLES:
-            raise ValueError(f"arithmetic option style={style!r}: expected one of {STYLES}")
         self.digits, self.ops, self.style, self.seed = digits, ops, style, seed
         self.correction_instruction = DEMO_CORRECTION if style == "demo" else CHAT_CORRECTION
         low = 0 if digits == 1 else 10 ** (digits - 1)
@@ -163,6 +165,11 @@ class ArithmeticTask(Task):
                 verdicts.append(Verdict(0.0, extracted, WRONG_ANSWER,
                                         f"expected {problem.reference}, got {extracted}"))
         return verdicts
+
+
+def options_for(name: str = "arithmetic") -> tuple[Option, ...]:
+    """The arithmetic task's options (the single source of truth for checks and help)."""
+    return OPTIONS
 
 
 def build(name: str = "arithmetic", **options) -> Task:

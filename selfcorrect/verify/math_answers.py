@@ -9,7 +9,9 @@ Three steps, cheapest first:
 2. `reject_reason(answer)`: a cheap string pre-check that refuses inputs sympy may never
    finish (exponent towers such as 9^{9^{9^9}}, giant factorials, absurdly long strings).
    It is best effort; the hard deadline of the worker pool (workers.py) is the guarantee.
-3. `quick_compare` (string identity after cosmetic normalisation, in-process) and, when that
+3. `exact_compare` (both answers plain numbers: +, -, *, /, \\frac, integer powers,
+   factorials; compared as exact fractions, in-process, under a size budget), then
+   `quick_compare` (string identity after cosmetic normalisation, in-process) and, when that
    is undecided, `sympy_equivalent` (math-verify `parse` + `verify`, meant to run inside a
    VerifierPool worker: it has no timeout of its own).
 
@@ -32,6 +34,10 @@ Policy for debatable cases (what the golden tests in tests/test_math_answers.py 
 - A base subscript is dropped (2516_8 ~ 2516), as math-verify does.
 - Malformed LaTeX is repaired when math-verify can ("\\frac{3}{2" ~ 1.5); otherwise the
   answer is wrong, not a verifier failure, because the model wrote it.
+- Two plain numbers are compared exactly, never by rounding: \\frac{1}{2006!} is not
+  \\frac{1}{2004!} and 10^{-31} is not 10^{-30}, although both pairs agree to 6 decimal places
+  (math-verify's rounding would call them equal). A decimal point leaves the decision to
+  math-verify (1/3 ~ 0.333333 above).
 - A candidate refused by the pre-check is wrong (reward 0): no reference answer in MATH or
   GSM8K comes close to those limits (tested), so a correct answer is never refused.
 - With several \\boxed{} answers only the last counts.
@@ -43,6 +49,7 @@ import ast
 import logging
 import math
 import re
+from typing import NamedTuple
 
 # Limits of the pre-check, far above any MATH / GSM8K reference answer (at most 159
 # characters; largest power 2^{4950}; exponents of symbols at most 26; no big factorials).
@@ -52,6 +59,9 @@ MAX_POWER_DIGITS = 10_000  # decimal digits of a numeric power (2^{10000} has 30
 MAX_FACTORIAL = 2_000
 MAX_BINOMIAL_TOP = 10_000
 MAX_BRACE_DEPTH = 40
+# Exact arithmetic (exact_compare) gives up, undecided, past numbers of this many bits
+# (about 30,000 digits: 2004! has 5,700, 2^{4950} has 1,490); each step is then a few ms.
+MAX_EXACT_BITS = 100_000
 
 # ----------------------------------------------------------------------------- extraction
 
@@ -260,10 +270,7 @@ def reject_reason(answer: str) -> str | None:
     """Why sympy should not be asked about this answer, or None when it looks harmless."""
     if len(answer) > MAX_ANSWER_CHARS:
         return f"answer is {len(answer)} characters long (limit {MAX_ANSWER_CHARS})"
-    depth = deepest = 0
-    for ch in answer:
-        depth += (ch in "{([") - (ch in "})]")
-        deepest = max(deepest, depth)
+    deepest = _nesting(answer)
     if deepest > MAX_BRACE_DEPTH:
         return f"brackets nested {deepest} deep (limit {MAX_BRACE_DEPTH})"
     s = answer.replace("**", "^")
@@ -288,6 +295,239 @@ def reject_reason(answer: str) -> str | None:
         if top is not None and top > MAX_BINOMIAL_TOP:
             return f"binomial coefficient of a number above {MAX_BINOMIAL_TOP}"
     return None
+
+
+# ----------------------------------------------------------------------------- exact numbers
+
+
+class _Frac(NamedTuple):
+    """num / den with den > 0, not reduced: reducing costs a gcd per step and is never needed,
+    since comparison is by cross-multiplication."""
+
+    num: int
+    den: int
+
+
+class _Undecided(Exception):
+    """The expression is not a plain number this evaluator reads, or it is too big."""
+
+
+_EXACT_TOKEN = re.compile(r"\s+|(\d+)|\\(?:[dt]?frac|cdot|times|div|left|right)(?![A-Za-z])|\\[,;:! ]|[-+*/^!(){}]")
+_SPACES = re.compile(r"\s+|\\[,;:! ]")
+
+
+def _exact_tokens(text: str) -> list[str]:
+    r"""The tokens of a plain-number expression; _Undecided at anything else (a decimal point,
+    a letter, a comma, \sqrt, ...), so that only plain numbers are ever decided exactly."""
+    tokens, i = [], 0
+    while i < len(text):
+        match = _EXACT_TOKEN.match(text, i)
+        if match is None:
+            raise _Undecided(f"unexpected {text[i]!r}")
+        token = match.group(0)
+        if not _SPACES.fullmatch(token) and token not in ("\\left", "\\right"):
+            tokens.append(token.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac"))
+        i = match.end()
+    return tokens
+
+
+def _fits(*bits: int) -> None:
+    if sum(bits) > MAX_EXACT_BITS:
+        raise _Undecided("number too large")
+
+
+class _ExactParser:
+    r"""Recursive descent over plain-number LaTeX, evaluating as it goes:
+
+        sum     := product (("+" | "-") product)*
+        product := signed (("*" | \cdot | \times | "/" | \div) signed)*
+        signed  := ("-" | "+") signed | power
+        power   := factorial ("^" exponent)?       exponent: {sum}, or one digit
+        factorial := atom "!"?
+        atom    := digits | (sum) | {sum} | \frac A B   (A, B: {sum} or one digit)
+
+    Ambiguous spellings stay undecided (math-verify reads them): juxtaposition such as
+    2\frac{1}{2} or 2(3), unbraced multi-digit or chained exponents (10^10, 2^3^2), "!!".
+    """
+
+    def __init__(self, tokens: list[str]):
+        self.tokens, self.i = tokens, 0
+
+    def peek(self) -> str | None:
+        return self.tokens[self.i] if self.i < len(self.tokens) else None
+
+    def take(self, expected: str | None = None) -> str:
+        token = self.peek()
+        if token is None or (expected is not None and token != expected):
+            raise _Undecided(f"expected {expected or 'more'}, got {token!r}")
+        self.i += 1
+        return token
+
+    def whole(self) -> _Frac:
+        value = self.sum()
+        if self.peek() is not None:
+            raise _Undecided(f"unexpected {self.peek()!r}")
+        return value
+
+    def sum(self) -> _Frac:
+        value = self.product()
+        while self.peek() in ("+", "-"):
+            sign = 1 if self.take() == "+" else -1
+            other = self.product()
+            _fits(max(value.num.bit_length() + other.den.bit_length(),
+                      other.num.bit_length() + value.den.bit_length()), 1)
+            _fits(value.den.bit_length(), other.den.bit_length())
+            value = _Frac(value.num * other.den + sign * other.num * value.den, value.den * other.den)
+        return value
+
+    def product(self) -> _Frac:
+        value = self.signed()
+        while self.peek() in ("*", "\\cdot", "\\times", "/", "\\div"):
+            op = self.take()
+            other = self.signed()
+            value = _times(value, other) if op in ("*", "\\cdot", "\\times") else _divide(value, other)
+        return value
+
+    def signed(self) -> _Frac:
+        if self.peek() in ("-", "+"):
+            sign = -1 if self.take() == "-" else 1
+            value = self.signed()
+            return _Frac(sign * value.num, value.den)
+        return self.power()
+
+    def power(self) -> _Frac:
+        base = self.factorial()
+        if self.peek() != "^":
+            return base
+        self.take("^")
+        if self.peek() == "{":
+            exponent = self.group()
+        else:
+            digit = self.take()
+            if not (digit.isdigit() and len(digit) == 1):
+                raise _Undecided("unbraced exponent longer than one digit")
+            exponent = _Frac(int(digit), 1)
+        if self.peek() == "^":
+            raise _Undecided("chained exponent")
+        return _power(base, exponent)
+
+    def factorial(self) -> _Frac:
+        value = self.atom()
+        if self.peek() == "!":
+            self.take("!")
+            if self.peek() == "!":
+                raise _Undecided("double factorial")
+            value = _factorial(value)
+        return value
+
+    def atom(self) -> _Frac:
+        token = self.take()
+        if token.isdigit():
+            if len(token) > 300:
+                raise _Undecided("literal too long")
+            return _Frac(int(token), 1)
+        if token == "(":
+            value = self.sum()
+            self.take(")")
+            return value
+        if token == "{":
+            self.i -= 1
+            return self.group()
+        if token == "\\frac":
+            run = self.peek() or ""
+            if run.isdigit() and len(run) == 2:  # \frac12: one digit per argument
+                self.take()
+                return _divide(_Frac(int(run[0]), 1), _Frac(int(run[1]), 1))
+            return _divide(self.frac_argument(), self.frac_argument())
+        raise _Undecided(f"unexpected {token!r}")
+
+    def group(self) -> _Frac:
+        self.take("{")
+        value = self.sum()
+        self.take("}")
+        return value
+
+    def frac_argument(self) -> _Frac:
+        """{sum} or a single digit (\\frac1{2})."""
+        if self.peek() == "{":
+            return self.group()
+        token = self.take()
+        if len(token) == 1 and token.isdigit():
+            return _Frac(int(token), 1)
+        raise _Undecided("\\frac argument must be {...} or one digit")
+
+
+def _times(a: _Frac, b: _Frac) -> _Frac:
+    _fits(a.num.bit_length(), b.num.bit_length())
+    _fits(a.den.bit_length(), b.den.bit_length())
+    return _Frac(a.num * b.num, a.den * b.den)
+
+
+def _divide(a: _Frac, b: _Frac) -> _Frac:
+    if b.num == 0:
+        raise _Undecided("division by zero")
+    sign = -1 if b.num < 0 else 1
+    return _times(a, _Frac(sign * b.den, abs(b.num)))
+
+
+def _power(base: _Frac, exponent: _Frac) -> _Frac:
+    if exponent.num % exponent.den:
+        raise _Undecided("non-integer exponent")
+    e = exponent.num // exponent.den
+    if base.num == 0:
+        if e <= 0:
+            raise _Undecided("0 to a power <= 0")
+        return _Frac(0, 1)
+    if e < 0:
+        base, e = _divide(_Frac(1, 1), base), -e
+    if abs(base.num) == 1 and base.den == 1:
+        return _Frac(base.num ** (e % 2), 1)
+    _fits(max(base.num.bit_length(), base.den.bit_length()) * min(e, MAX_EXACT_BITS + 1))
+    return _Frac(base.num**e, base.den**e)
+
+
+def _factorial(value: _Frac) -> _Frac:
+    if value.num % value.den or value.num < 0:
+        raise _Undecided("factorial of a non-natural number")
+    n = value.num // value.den
+    if n > MAX_EXACT_BITS or math.lgamma(n + 1) / math.log(2) > MAX_EXACT_BITS:
+        raise _Undecided("factorial too large")
+    return _Frac(math.factorial(n), 1)
+
+
+def exact_value(answer: str) -> tuple[int, int] | None:
+    """(numerator, denominator > 0), not reduced, of a plain-number answer (integers, +, -,
+    *, /, \\frac, integer powers, factorials), or None when the answer is anything else or
+    exceeds MAX_EXACT_BITS. Bounded work: safe on model output in any process."""
+    text = answer.strip().strip("$")
+    if not text or len(text) > MAX_ANSWER_CHARS or _nesting(text) > MAX_BRACE_DEPTH:
+        return None
+    try:
+        value = _ExactParser(_exact_tokens(text)).whole()
+    except (_Undecided, RecursionError):
+        return None
+    return value.num, value.den
+
+
+def _nesting(text: str) -> int:
+    """How deep brackets nest (the parser recurses once per level)."""
+    depth = deepest = 0
+    for ch in text:
+        depth += (ch in "{([") - (ch in "})]")
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def exact_compare(gold: str, candidate: str) -> bool | None:
+    """True / False when both answers are plain numbers (see exact_value), compared exactly;
+    None when either is not, so that math-verify decides."""
+    a = exact_value(gold)
+    if a is None:
+        return None
+    b = exact_value(candidate)
+    if b is None:
+        return None
+    return a[0] * b[1] == b[0] * a[1]
 
 
 # ----------------------------------------------------------------------------- comparison
@@ -315,7 +555,11 @@ def canonical(answer: str) -> str:
 
 def quick_compare(gold: str, candidate: str) -> bool | None:
     """True when the answers are cosmetically identical, False when the candidate is refused
-    by the pre-check, None when sympy has to decide. Cheap; safe in any process."""
+    by the pre-check or differs from it as an exact number, None when sympy has to decide.
+    Cheap; safe in any process."""
+    exact = exact_compare(gold, candidate)
+    if exact is not None:
+        return exact
     if reject_reason(candidate) is not None:
         return False
     if canonical(gold) == canonical(candidate):
@@ -356,6 +600,9 @@ def sympy_equivalent(gold: str, candidate: str) -> bool:
     """math-verify's verdict on candidate vs gold. No timeout of its own: run it in a
     VerifierPool worker. Raises ValueError when the reference itself cannot be read (a data
     problem, reported as verifier_error rather than scored)."""
+    exact = exact_compare(gold, candidate)
+    if exact is not None:  # math-verify rounds: it would call 1/2006! equal to 1/2004!
+        return exact
     reason = reject_reason(gold)
     if reason is not None:
         raise ValueError(f"reference answer {gold[:80]!r} refused by the pre-check: {reason}")
