@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 from . import config as C
@@ -109,6 +108,10 @@ def resolve_config(args: argparse.Namespace, base: C.Config) -> C.Config:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if not sys.stderr.isatty():  # transformers' own bars would write every redraw into a log file
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     try:
         if args.command == "demo":
             from .demo import demo_config, run_demo
@@ -129,15 +132,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_train(cfg: C.Config) -> None:
-    """Train; the Trainer reads the train split before it loads the model."""
-    from .train import Trainer
+    """Train cfg.algo.method; every method reads the train split before it loads the model."""
+    from .methods import train_method
 
     with tasks.build_task(cfg.task.name, cfg.task.options) as task:
-        trainer = Trainer(cfg, task)
-        start = time.perf_counter()
-        trainer.train()
-    print(f"trained {len(trainer.plan)} steps in {time.perf_counter() - start:.0f} s; "
-          f"model saved to {Path(cfg.run.output_dir) / 'final'}")
+        spent = train_method(cfg, task)
+    print(f"{cfg.algo.method}: {spent['gradient_updates']} updates, {spent['episodes_sampled']} episodes "
+          f"in {spent['train_seconds']:.0f} s; model saved to {Path(cfg.run.output_dir) / 'final'}")
 
 
 def run_eval(cfg: C.Config) -> None:

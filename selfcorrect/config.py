@@ -56,8 +56,21 @@ class RolloutConfig:
     batch_size: int = opt(64, "rows generated at once (memory bound)")
 
 
+METHODS = ("score", "single_turn", "star", "star_plus", "pair_sft", "pair_sft_plus")
+
+
 @dataclass
 class AlgoConfig:
+    method: str = opt("score", "training method: score (SCoRe), single_turn (RL on attempt 1 only), "
+                      "star / star_plus (STaR on D_STaR / D+_STaR), pair_sft / pair_sft_plus (Pair-SFT on "
+                      "D_SFT / D+_SFT); every method gets the budget of the RL settings: "
+                      "stage1_steps + stage2_steps updates x problems_per_step x samples_per_problem episodes",
+                      METHODS)
+    turn1: str = opt("policy", "where attempt 1 comes from: policy (on-policy, SCoRe) or base (fixed samples "
+                     "of the base model; ablation 'w/o on-policy turn 1': only attempt 2 is trained)",
+                     ("policy", "base"))
+    stage2: str = opt("rl", "Stage II: rl (SCoRe) or star (ablation: STaR iterations from the Stage I model "
+                      "in place of Stage II's RL)", ("rl", "star"))
     stage1_steps: int = opt(20, "optimizer steps of Stage I (train attempt 2, pin attempt 1)")
     stage2_steps: int = opt(20, "optimizer steps of Stage II (both attempts, shaped reward)")
     interleave: int = opt(1, "rounds of (Stage I, Stage II); steps are split evenly across rounds")
@@ -80,12 +93,32 @@ class OptimConfig:
 
 
 @dataclass
+class SftConfig:
+    lr: float = opt(1e-5, "learning rate of the SFT methods (STaR, Pair-SFT); constant after warm-up")
+    batch_size: int = opt(64, "rows per SFT update")
+    micro_batch_size: int = opt(64, "rows per forward/backward within an update")
+    warmup_steps: int = opt(0, "linear warm-up updates of each SFT run")
+    iterations: int = opt(3, "STaR: collect -> fine-tune iterations (the budget is split evenly)")
+    restart_from_base: bool = opt(True, "STaR: fine-tune each iteration from the base model (ReST-EM); "
+                                  "false continues from the previous iteration's model")
+    train_attempt1: bool = opt(False, "STaR: also put loss on the kept traces' attempt-1 tokens")
+    epochs: float = opt(1.0, "Pair-SFT: passes over the pairs (capped by the update budget)")
+
+
+@dataclass
 class EvalConfig:
     limit: int = opt(0, "evaluate on the first N problems of the split (0 = all)")
     attempts: int = opt(2, "greedy attempts per problem (3+ allowed)")
     max_new_tokens: int = opt(0, "max new tokens per attempt (0 = same as rollout.max_new_tokens)")
     batch_size: int = opt(64, "rows generated at once")
     bootstrap: int = opt(1000, "bootstrap resamples for the 95% intervals (0 = none)")
+    scaling: bool = opt(False, "also run inference-time scaling (majority vote, parallel vs self-correction) "
+                        "and write scaling.json")
+    scaling_k: str = opt("1,2,4,8,16", "comma-separated K for scaling: parallel votes over 2K first attempts, "
+                         "sequential over the corrections of K first attempts (sampled once, at the largest K)")
+    scaling_temperature: float = opt(0.7, "sampling temperature of the scaling runs (> 0)")
+    scaling_attempts: int = opt(5, "sampled sequential attempts per problem for accuracy by attempt number "
+                                "(0 = skip)")
 
 
 @dataclass
@@ -107,6 +140,7 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    sft: SftConfig = field(default_factory=SftConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -124,6 +158,10 @@ class Config:
             (self.optim.lr > 0, "optim.lr must be > 0"),
             (self.optim.problems_per_step >= 1, "optim.problems_per_step must be >= 1"),
             (self.optim.micro_batch_size >= 1, "optim.micro_batch_size must be >= 1"),
+            (self.sft.lr > 0, "sft.lr must be > 0"),
+            (self.sft.batch_size >= 1 and self.sft.micro_batch_size >= 1, "sft.batch_size / sft.micro_batch_size must be >= 1"),
+            (self.sft.iterations >= 1, "sft.iterations must be >= 1"),
+            (self.sft.epochs > 0, "sft.epochs must be > 0"),
             (self.eval.attempts >= 1, "eval.attempts must be >= 1"),
             (self.eval.limit >= 0, "eval.limit must be >= 0"),
             (self.run.save_every >= 1, "run.save_every must be >= 1"),

@@ -116,13 +116,7 @@ def load_tokenizer(path: str):
 
 def load_policy(path: str, device: torch.device, dtype: torch.dtype, lora: LoraSettings | None = None):
     """The trainable policy. With `lora`, a peft model whose base weights are frozen."""
-    import sys
-
     from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    if not sys.stderr.isatty():  # its loading bar would write every redraw into a log file
-        hf_logging.disable_progress_bar()
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
     return apply_lora(model, lora) if lora is not None else model

@@ -157,7 +157,7 @@ def generation_config(settings: SamplingSettings, *, stop_ids, pad_id: int):
     return GenerationConfig(
         max_new_tokens=settings.max_new_tokens, min_length=0, do_sample=sample,
         temperature=settings.temperature if sample else 1.0, top_p=settings.top_p if sample else 1.0,
-        top_k=0, min_p=None, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
+        top_k=0 if sample else None, min_p=None,  # greedy: None, or transformers warns that top_k is unused typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
         repetition_penalty=1.0, encoder_repetition_penalty=1.0, no_repeat_ngram_size=0,
         encoder_no_repeat_ngram_size=0, length_penalty=1.0, num_beams=1, num_return_sequences=1,
         bad_words_ids=None, suppress_tokens=None, begin_suppress_tokens=None, sequence_bias=None,
@@ -225,11 +225,12 @@ def check_context_fits(model, problems: list[Problem], contexts: list[list[int]]
 
 def rollout(model, tokenizer, task: Task, problems: list[Problem], *, n_attempts: int,
             samples_per_problem: int, settings: SamplingSettings, batch_size: int,
-            fmt: ChatFormat | None = None) -> Rollout:
+            fmt: ChatFormat | None = None, first_attempts: list[list[int]] | None = None) -> Rollout:
     """Generate `samples_per_problem` episodes of `n_attempts` attempts for each problem.
 
     Rows are grouped by problem (row b answers problem b // samples_per_problem), which is the
-    [P, k] layout RLOO expects."""
+    [P, k] layout RLOO expects. first_attempts: attempt-1 ids per row, taken as given instead of
+    generated (fixed samples of another model: the 'w/o on-policy turn 1' ablation)."""
     fmt = fmt or ChatFormat(tokenizer, model)
     pad_id = tokenizer.pad_token_id
     out = Rollout(problems=list(problems),
@@ -242,15 +243,23 @@ def rollout(model, tokenizer, task: Task, problems: list[Problem], *, n_attempts
     out.attempts = [[] for _ in out.rows]
     out.truncated = [[] for _ in out.rows]
     start = time.perf_counter()
+    if first_attempts is not None and len(first_attempts) != len(out.rows):
+        raise ValueError(f"first_attempts has {len(first_attempts)} rows, the rollout {len(out.rows)}")
     for attempt in range(1, n_attempts + 1):
-        new_ids, cut = generate(model, out.rows, settings, stop_ids=fmt.stop_ids, pad_id=pad_id,
-                                batch_size=batch_size)
+        if attempt == 1 and first_attempts is not None:
+            new_ids = [list(ids) for ids in first_attempts]
+            cut = [bool(ids) and ids[-1] not in fmt.stop_ids and len(ids) >= settings.max_new_tokens
+                   for ids in new_ids]
+        else:
+            new_ids, cut = generate(model, out.rows, settings, stop_ids=fmt.stop_ids, pad_id=pad_id,
+                                    batch_size=batch_size)
         for b, ids in enumerate(new_ids):
             out.rows[b] += ids
             out.turns[b] += [attempt] * len(ids)
             out.attempts[b].append(ids)
             out.truncated[b].append(cut[b])
-            out.generated_tokens += len(ids)
+            if not (attempt == 1 and first_attempts is not None):
+                out.generated_tokens += len(ids)
             if attempt < n_attempts:
                 glue = fmt.join_ids(ids, between)
                 out.rows[b] += glue

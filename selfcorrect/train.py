@@ -84,6 +84,7 @@ class Trainer:
         self.plan = stage_plan(cfg.algo.stage1_steps, cfg.algo.stage2_steps, cfg.algo.interleave)
         self.state = {"step": 0, "data_position": 0, "best_reward": None}
         self.history: list[dict] = []
+        self.base_turn1: dict[str, list[list[int]]] = {}  # algo.turn1=base: problem id -> k attempt-1 ids
         if cfg.run.resume:
             self._resume()
         else:
@@ -104,15 +105,9 @@ class Trainer:
 
     # ---------------------------------------------------------------- data order
     def next_problems(self) -> list:
-        """The next problems_per_step problems of a seeded, per-epoch permutation."""
-        n, pos = len(self.problems), self.state["data_position"]
-        batch = []
-        for _ in range(self.cfg.optim.problems_per_step):
-            epoch, i = divmod(pos, n)
-            order = np.random.default_rng([self.cfg.run.seed, epoch]).permutation(n)
-            batch.append(self.problems[order[i]])
-            pos += 1
-        self.state["data_position"] = pos
+        """The next problems_per_step problems of the seeded data order."""
+        batch, self.state["data_position"] = take_problems(
+            self.problems, self.cfg.run.seed, self.state["data_position"], self.cfg.optim.problems_per_step)
         return batch
 
     # ---------------------------------------------------------------- schedule
@@ -161,8 +156,12 @@ class Trainer:
         # log-probs those of another policy than the one that sampled, and the reference random
         self.model.eval()
         with timer("rollout"), autocast(self.device, self.compute_dtype):
+            given = self._base_first_attempts(problems, sampling) if cfg.algo.turn1 == "base" else None
             ro = rollout(self.model, self.tok, self.task, problems, n_attempts=n_att, samples_per_problem=k,
-                         settings=sampling, batch_size=cfg.rollout.batch_size, fmt=self.fmt)
+                         settings=sampling, batch_size=cfg.rollout.batch_size, fmt=self.fmt,
+                         first_attempts=given)
+        if given is not None:  # fixed base-model samples are context here: never trained, no KL
+            ro.turns = [[0 if t == 1 else t for t in turns] for turns in ro.turns]
         with timer("verify"):
             verify(self.task, ro)
         with timer("rewards"):
@@ -208,6 +207,19 @@ class Trainer:
             parts.append(stats)
         return total, losses.combine_stats(parts)
 
+    def _base_first_attempts(self, problems, sampling) -> list[list[int]]:
+        """Attempt-1 ids per row drawn from the base (reference) model, sampled once per problem
+        and reused when a problem comes back (kept in memory: a resumed run draws new ones)."""
+        k = self.cfg.rollout.samples_per_problem
+        missing = list({p.id: p for p in problems if p.id not in self.base_turn1}.values())
+        if missing:
+            with self.reference.active() as base:
+                ro = rollout(base, self.tok, self.task, missing, n_attempts=1, samples_per_problem=k,
+                             settings=sampling, batch_size=self.cfg.rollout.batch_size, fmt=self.fmt)
+            for j, p in enumerate(missing):
+                self.base_turn1[p.id] = [ro.attempts[j * k + s][0] for s in range(k)]
+        return [ids for p in problems for ids in self.base_turn1[p.id]]
+
     def logprobs(self, model, ids, mask, first) -> torch.Tensor:
         """Log-probs of the sampled tokens under `model` at the rollout temperature, in the
         autocast dtype when the weights are fp32 masters of a half-precision model."""
@@ -249,14 +261,7 @@ class Trainer:
                                dict(self.state, plan=self.plan), self.cfg.run.keep_checkpoints)
 
     def _start_fresh(self) -> None:
-        """Refuse to mix a new run into an old one unless asked to replace it."""
-        old = [p for p in (self.run_dir / "checkpoints", self.run_dir / "metrics.jsonl") if p.exists()]
-        if old and not self.cfg.run.overwrite:
-            raise FileExistsError(f"{self.run_dir} already holds a run ({', '.join(p.name for p in old)}); "
-                                  "pass --run.resume true to continue it, --run.overwrite true to replace it, "
-                                  "or choose another --run.output_dir")
-        for path in old:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        start_fresh(self.run_dir, self.cfg.run.overwrite)
 
     def _resume(self) -> None:
         folder = checkpoint.latest(self.run_dir)
@@ -275,11 +280,40 @@ class Trainer:
             log.write_text("".join(line + "\n" for line in kept))
 
 
+def start_fresh(run_dir: Path, overwrite: bool) -> None:
+    """Refuse to mix a new run into an old one in `run_dir` unless asked to replace it."""
+    old = [p for p in (run_dir / "checkpoints", run_dir / "metrics.jsonl", run_dir / "summary.json")
+           if p.exists()]
+    if old and not overwrite:
+        raise FileExistsError(f"{run_dir} already holds a run ({', '.join(p.name for p in old)}); "
+                              "pass --run.resume true to continue it, --run.overwrite true to replace it, "
+                              "or choose another --run.output_dir")
+    for path in old:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def take_problems(problems: list, seed: int, position: int, count: int) -> tuple[list, int]:
+    """`count` problems from `position` of a seeded order that reshuffles every epoch (a fresh
+    permutation per pass, so position alone says where a resumed run continues).
+    Returns (problems, new position)."""
+    n, batch = len(problems), []
+    for pos in range(position, position + count):
+        epoch, i = divmod(pos, n)
+        order = np.random.default_rng([seed, epoch]).permutation(n)
+        batch.append(problems[order[i]])
+    return batch, position + count
+
+
 def check_training_config(cfg: Config) -> Config:
     """Settings that are fine for evaluation but wrong for training."""
     if cfg.rollout.top_p < 1.0:
         raise ValueError(f"rollout.top_p={cfg.rollout.top_p}: training samples must come from the full "
                          "softmax(z / T) that the log-probs and the KL assume; use top_p 1.0")
+    if cfg.algo.method != "score" and (cfg.algo.turn1 != "policy" or cfg.algo.stage2 != "rl"):
+        raise ValueError(f"algo.turn1 / algo.stage2 are ablations of SCoRe; algo.method={cfg.algo.method!r} "
+                         "takes neither")
+    if cfg.algo.turn1 == "base" and cfg.rollout.attempts < 2:
+        raise ValueError("algo.turn1=base (attempt 1 from the base model) needs rollout.attempts >= 2")
     return cfg
 
 

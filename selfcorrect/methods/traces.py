@@ -1,0 +1,86 @@
+"""Supervised data from sampled two-attempt traces: STaR's and Pair-SFT's training rows.
+
+Pure functions over a verified `Rollout` (rows [x, y1, p, y2] with turn ids, verdicts per
+attempt). A training row is (token ids, loss mask), the mask 1 on the tokens that are learned.
+Attempts whose reward is None (verifier failed) or that hit the length limit are never used:
+their label is unknown, or they have no end-of-turn token to learn.
+
+- D_STaR (SCORE.md §3): traces where attempt 1 was wrong and attempt 2 right *within the trace*;
+  D+_STaR adds right→right traces. Loss on attempt-2 tokens (optionally attempt 1 too).
+- D_SFT (Pair-SFT): each wrong response of the base model, from either attempt, followed by the
+  correction instruction and a random correct response to the same problem drawn from every
+  attempt of every trace; D+_SFT adds right→right pairs. Loss on the correct response.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TraceRows:
+    """Training rows and what they were made of (for the run's log)."""
+
+    sequences: list[list[int]] = field(default_factory=list)
+    masks: list[list[int]] = field(default_factory=list)
+    kinds: dict[str, int] = field(default_factory=dict)  # e.g. {'i->c': 12, 'c->c': 30}
+
+    def add(self, ids: list[int], mask: list[int], kind: str) -> None:
+        self.sequences.append(ids)
+        self.masks.append(mask)
+        self.kinds[kind] = self.kinds.get(kind, 0) + 1
+
+
+def _usable(ro, b: int, a: int) -> bool:
+    return ro.verdicts[b][a].reward is not None and not ro.truncated[b][a]
+
+
+def star_rows(ro, *, plus: bool = False, train_attempt1: bool = False) -> TraceRows:
+    """D_STaR (i→c traces) or D+_STaR (also c→c) from a two-attempt rollout, as whole rows.
+
+    ro: a verified Rollout with 2 attempts. Returns rows equal to the sampled token rows, with
+    loss on attempt-2 tokens (and attempt-1 tokens when train_attempt1)."""
+    if ro.n_attempts != 2:
+        raise ValueError(f"STaR needs two-attempt traces, got {ro.n_attempts} attempts")
+    out = TraceRows()
+    trained = {1, 2} if train_attempt1 else {2}
+    for b, row in enumerate(ro.rows):
+        if not (_usable(ro, b, 0) and _usable(ro, b, 1)):
+            continue
+        r1, r2 = ro.verdicts[b][0].reward, ro.verdicts[b][1].reward
+        kind = {(0.0, 1.0): "i->c", (1.0, 1.0): "c->c"}.get((r1, r2))
+        if kind == "i->c" or (plus and kind == "c->c"):
+            out.add(list(row), [1 if t in trained else 0 for t in ro.turns[b]], kind)
+    return out
+
+
+def pair_rows(ro, between: list[int], join, *, plus: bool = False, seed: int = 0) -> TraceRows:
+    """D_SFT (wrong → random correct) or D+_SFT (also correct → random correct) pairs.
+
+    ro: a verified Rollout of base-model traces (any number of attempts). between: the ids that
+    close an attempt and ask for the next (ChatFormat.between_ids); join(attempt, between): the
+    glue actually used after `attempt` (ChatFormat.join_ids). Each row is
+    x + y_first + glue + y_correct with loss on y_correct. Random draws come from `seed`."""
+    rng = random.Random(seed)
+    out = TraceRows()
+    by_problem: dict[int, list[int]] = {}
+    for b, p in enumerate(ro.problem_index):
+        by_problem.setdefault(p, []).append(b)
+    for p in sorted(by_problem):
+        rows = by_problem[p]
+        responses = [(b, a) for b in rows for a in range(ro.n_attempts) if _usable(ro, b, a)]
+        correct = [ro.attempts[b][a] for b, a in responses if ro.verdicts[b][a].reward == 1.0]
+        if not correct:
+            continue
+        first = rows[0]
+        x = ro.rows[first][: ro.turns[first].index(1)]  # the prompt: everything before attempt 1
+        for b, a in responses:
+            right = ro.verdicts[b][a].reward == 1.0
+            if right and not plus:
+                continue
+            y, target = ro.attempts[b][a], rng.choice(correct)
+            glue = join(y, between)
+            ids = x + y + glue + target
+            out.add(ids, [0] * (len(ids) - len(target)) + [1] * len(target), "c->c" if right else "i->c")
+    return out
