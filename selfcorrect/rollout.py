@@ -157,7 +157,8 @@ def generation_config(settings: SamplingSettings, *, stop_ids, pad_id: int):
     return GenerationConfig(
         max_new_tokens=settings.max_new_tokens, min_length=0, do_sample=sample,
         temperature=settings.temperature if sample else 1.0, top_p=settings.top_p if sample else 1.0,
-        top_k=0 if sample else None, min_p=None,  # greedy: None, or transformers warns that top_k is unused typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
+        # top_k: 0 = off when sampling; None when greedy (unused there, and 0 draws a warning)
+        top_k=0 if sample else None, min_p=None, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
         repetition_penalty=1.0, encoder_repetition_penalty=1.0, no_repeat_ngram_size=0,
         encoder_no_repeat_ngram_size=0, length_penalty=1.0, num_beams=1, num_return_sequences=1,
         bad_words_ids=None, suppress_tokens=None, begin_suppress_tokens=None, sequence_bias=None,
