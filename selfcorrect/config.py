@@ -107,6 +107,9 @@ class SftConfig:
 
 @dataclass
 class EvalConfig:
+    method: str = opt("standard", "standard (attempt, then the correction instruction, greedy) or self_refine "
+                      "(the model writes feedback on attempt 1, then a refined answer; docs/SELF_REFINE.md)",
+                      ("standard", "self_refine"))
     limit: int = opt(0, "evaluate on the first N problems of the split (0 = all)")
     attempts: int = opt(2, "greedy attempts per problem (3+ allowed)")
     max_new_tokens: int = opt(0, "max new tokens per attempt (0 = same as rollout.max_new_tokens)")
@@ -164,6 +167,9 @@ class Config:
             (self.sft.epochs > 0, "sft.epochs must be > 0"),
             (self.eval.attempts >= 1, "eval.attempts must be >= 1"),
             (self.eval.limit >= 0, "eval.limit must be >= 0"),
+            (self.eval.scaling_temperature > 0, "eval.scaling_temperature must be > 0"),
+            (self.eval.method == "standard" or self.eval.attempts == 2,
+             "eval.method=self_refine makes exactly two attempts; leave eval.attempts at 2"),
             (self.run.save_every >= 1, "run.save_every must be >= 1"),
             (self.run.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
         ]

@@ -86,24 +86,44 @@ def evaluation_problems(cfg: Config, task: Task) -> list[Problem]:
 
 
 def evaluate_config(cfg: Config, *, model=None, tokenizer=None, task: Task | None = None,
-                    name: str | None = None) -> EvalResult:
+                    name: str | None = None, folder: Path | None = None) -> EvalResult:
     """Evaluate cfg.model (or `model` + `tokenizer`) on cfg.task's test split (or `task`'s).
 
     The data is loaded first, so a bad path is reported without loading a model. Writes
-    records.jsonl, metrics.json and config.yaml to run.output_dir/eval/<name> (name default:
-    the model name) and returns the result with that folder. A task passed in is left open.
+    records.jsonl, metrics.json and config.yaml to `folder` (default run.output_dir/eval/<name>,
+    name default: the model name) and returns the result with that folder; with
+    cfg.eval.scaling also the inference-time scaling curves as scaling.json. A task passed in
+    is left open.
     """
     label = name or cfg.model.name
     owned = task is None  # only a task built here is closed here
     with build_task(cfg.task.name, cfg.task.options) if owned else nullcontext(task) as task:
         problems = evaluation_problems(cfg, task)
+        refine = cfg.eval.method == "self_refine"
+        if refine:
+            from .methods.self_refine import check_applicable, self_refine_evaluate
+
+            check_applicable(task)  # before loading a model
         if model is None:
             model, tokenizer = models.load(cfg.model, progress=cfg.run.progress)
-        result = evaluate(model, tokenizer, task, problems, attempts=cfg.eval.attempts,
-                          max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
-                          batch_size=cfg.eval.batch_size, bootstrap=cfg.eval.bootstrap, seed=cfg.run.seed,
-                          progress=cfg.run.progress, desc=f"eval {label}")
-    result.folder = Path(cfg.run.output_dir) / "eval" / _slug(label)
+        settings = dict(max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
+                        batch_size=cfg.eval.batch_size, bootstrap=cfg.eval.bootstrap, seed=cfg.run.seed,
+                        progress=cfg.run.progress, desc=f"eval {label}")
+        if refine:
+            result = self_refine_evaluate(model, tokenizer, task, problems, **settings)
+        else:
+            result = evaluate(model, tokenizer, task, problems, attempts=cfg.eval.attempts, **settings)
+        if cfg.eval.scaling:
+            from .scaling import inference_scaling, write_scaling
+
+            curves = inference_scaling(model, tokenizer, task, problems, ks=cfg.eval.scaling_k,
+                                       attempts=cfg.eval.scaling_attempts, temperature=cfg.eval.scaling_temperature,
+                                       max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
+                                       batch_size=cfg.eval.batch_size, seed=cfg.run.seed,
+                                       progress=cfg.run.progress, desc=f"scaling {label}")
+    result.folder = Path(folder) if folder is not None else Path(cfg.run.output_dir) / "eval" / _slug(label)
+    if cfg.eval.scaling:
+        write_scaling(curves, result.folder / "scaling.json")
     result.write_records(result.folder / "records.jsonl")
     save_yaml(cfg, result.folder / "config.yaml")
     (result.folder / "metrics.json").write_text(

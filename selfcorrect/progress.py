@@ -71,7 +71,10 @@ class PlainProgress:
             parts.append(f"({100 * self.n / self.total:.0f}%)")
         done = self.n - self.initial
         if done > 0:
-            parts.append(f"{(time.monotonic() - self.started) / done:.3g} s/it")
+            rate = (time.monotonic() - self.started) / done
+            parts.append(f"{rate:.3g} s/it")
+            if self.total and self.n < self.total:
+                parts.append(f"ETA {_clock(rate * (self.total - self.n))}")
         parts += [f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
                   for key, value in self.postfix.items()]
         return " ".join(parts)
@@ -86,3 +89,10 @@ class PlainProgress:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _clock(seconds: float) -> str:
+    """1:02:03 / 2:03 for an ETA."""
+    s = int(round(seconds))
+    h, m = divmod(s // 60, 60)
+    return f"{h}:{m:02d}:{s % 60:02d}" if h else f"{m}:{s % 60:02d}"

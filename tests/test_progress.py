@@ -23,7 +23,7 @@ def test_a_log_gets_plain_lines_not_redraws():
     bar.close()  # ...one line at the end, however often close is called
     lines = log.getvalue().splitlines()
     assert "\r" not in log.getvalue() and len(lines) == 1
-    assert re.fullmatch(r"SCoRe 12/80 \(15%\) [0-9.e+-]+ s/it stage=1 acc1=0.55 loss=0.1235", lines[0])
+    assert re.fullmatch(r"SCoRe 12/80 \(15%\) [0-9.e+-]+ s/it ETA [0-9:]+ stage=1 acc1=0.55 loss=0.1235", lines[0])
 
 
 def test_a_line_every_interval():

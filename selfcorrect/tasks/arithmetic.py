@@ -100,6 +100,13 @@ class ArithmeticTask(Task):
     seed), the single source of truth for their checks, defaults and help."""
 
     name = "arithmetic"
+    # Self-Refine prompts (chat style; the demo model cannot follow them: docs/SELF_REFINE.md)
+    feedback_prompt = (
+        "Check the calculation in your answer above step by step. Do not write a new answer yet. "
+        'If the answer is correct, end your feedback with "{marker}".')
+    refine_prompt = (
+        "Using your feedback above, solve the problem again and end your reply with the final "
+        'answer in the form "Answer: N".')
 
     def __init__(self, **options):
         opts = resolve("arithmetic", OPTIONS, options)

@@ -73,6 +73,17 @@ class Task(ABC):
     name: str = "task"
     #: p — the fixed instruction appended before every further attempt (never reveals r).
     correction_instruction: str = ""
+    #: Self-Refine (methods/self_refine.py, docs/SELF_REFINE.md): the user turn after attempt 1
+    #: that asks the model to critique it; "{marker}" is replaced by feedback_correct_marker.
+    feedback_prompt: str = (
+        "Review your answer above step by step and point out any errors in it. Do not write a "
+        'corrected answer yet. If the answer is fully correct, end your feedback with "{marker}".')
+    #: Self-Refine: the user turn after the feedback that asks for the improved answer.
+    refine_prompt: str = (
+        "Using your feedback above, write an improved answer to the original problem. Output "
+        "only the improved answer.")
+    #: Self-Refine's stop phrase: feedback containing it (case-sensitive) keeps attempt 1.
+    feedback_correct_marker: str = "ALL CORRECT"
 
     @abstractmethod
     def load(self, split: str) -> list[Problem]:
@@ -87,6 +98,33 @@ class Task(ABC):
     @abstractmethod
     def score(self, problems: Sequence[Problem], responses: Sequence[str]) -> list[Verdict]:
         """Verdicts for responses[i] to problems[i]; batched so verifiers can run in parallel."""
+
+    def answer_key(self, extracted: str | None) -> str | None:
+        """The string two extracted answers must share to count as one answer in a majority
+        vote (inference-time scaling): here the answer without surrounding whitespace. None
+        (also for an empty answer) means no answer, which never joins a class. Tasks whose
+        answers have cosmetic variants (math) normalise them here."""
+        if extracted is None:
+            return None
+        key = extracted.strip()
+        return key or None
+
+    def vote_classes(self, problems: Sequence[Problem], answers: Sequence[Sequence[str | None]],
+                     rewards: Sequence[Sequence[float | None]] | None = None) -> list[list[int | None]]:
+        """Group each problem's sampled answers into classes of the same answer, for voting.
+
+        answers[p][s]: the extracted answer of sample s of problems[p] (Verdict.extracted).
+        rewards[p][s]: their verdict rewards, if known; a task may use them (two answers the
+        verifier found right are both equal to the reference), this default ignores them.
+        Returns labels[p][s]: the position s' of the first sample of s's class (so labels
+        order classes by first occurrence), or None for no answer. Default: equal answer_key.
+        Batched over problems so a task can check equivalences in parallel (MathTask does)."""
+        labels: list[list[int | None]] = []
+        for row in answers:
+            first: dict[str, int] = {}
+            keys = [self.answer_key(a) for a in row]
+            labels.append([None if k is None else first.setdefault(k, s) for s, k in enumerate(keys)])
+        return labels
 
     def close(self) -> None:
         """Release worker pools or sandboxes. Safe to call twice."""

@@ -321,6 +321,15 @@ class CodeTask(Task):
     """HumanEval or MBPP with sandboxed verification (see the module docstring)."""
 
     correction_instruction = CODE_CORRECTION
+    # Self-Refine prompts (docs/SELF_REFINE.md)
+    feedback_prompt = (
+        "Review the code above step by step against the task, including edge cases, and point "
+        "out any errors. Do not write corrected code yet. If the code is correct, end your "
+        'feedback with "{marker}".')
+    refine_prompt = (
+        "Using your feedback above, rewrite the solution, fixing the errors it found. Only output "
+        "the final correct Python program: the complete function, including its signature and "
+        "the imports it needs, in a single ```python code block.")
 
     def __init__(self, name: str, **options):
         opts = resolve(name, options_for(name), options)

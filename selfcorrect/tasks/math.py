@@ -142,6 +142,16 @@ class MathTask(Task):
     timeout_s, workers, memory_mb and timeout_reward.
     """
 
+    # Self-Refine prompts: the answer form of the task's own prompts (docs/SELF_REFINE.md)
+    feedback_prompt = (
+        "Review the solution above step by step and point out any errors in its reasoning or "
+        "calculations. Do not rewrite the solution yet. If the solution and its final answer are "
+        'correct, end your feedback with "{marker}".')
+    refine_prompt = (
+        "Using your feedback above, rewrite the solution, correcting the errors it found. Only "
+        "output the final solution! At the end of the Solution, when you give your final answer, "
+        'write it in the form "Final Answer: The final answer is $answer$. I hope it is correct."')
+
     def __init__(self, name: str = "math", **options):
         if name == "math500" and "train_path" in options:
             raise ValueError("task 'math500' has only a test split; train_path is not used (use task 'math')")
@@ -319,6 +329,99 @@ class MathTask(Task):
         self._cache[(gold, answer)] = equal
         if len(self._cache) > _CACHE_SIZE:
             self._cache.popitem(last=False)
+
+    # -- majority votes (inference-time scaling) ------------------------------------------
+
+    #: At most this many math-verify checks per problem when grouping answers for a vote;
+    #: 496 is every pair of 32 distinct answers (2K = 32 samples at K = 16).
+    vote_checks_per_problem: int = 500
+
+    def answer_key(self, extracted: str | None) -> str | None:
+        """The cosmetic normal form (math_answers.canonical): \\dfrac12 and \\frac12 share a key."""
+        key = math_answers.canonical(extracted) if extracted is not None else ""
+        return key or None
+
+    def vote_classes(self, problems: Sequence[Problem], answers: Sequence[Sequence[str | None]],
+                     rewards: Sequence[Sequence[float | None]] | None = None) -> list[list[int | None]]:
+        """Classes of answers that are equal as mathematics, not only as strings (see Task).
+
+        Two distinct keys (answer_key) join when exact arithmetic finds them equal ("1/2" and
+        "\\frac{1}{2}"), when math-verify does (in the worker pool, under the scoring deadline;
+        a timeout or error keeps them apart), or when both were scored right (each equals the
+        reference). One scored right and one scored wrong never join: the verifier told them
+        apart already. Classes are the transitive closure of these pairwise matches.
+        Bounded: pairs only among one problem's distinct keys, at most
+        `vote_checks_per_problem` of them sent to math-verify (earliest pairs first; the
+        rest stay apart); all problems' checks go to the pool at once."""
+        plans = []  # per problem: (keys, index of each distinct key, parent of each key)
+        jobs: dict[tuple[str, str], list[tuple[int, int, int]]] = {}  # (a, b) -> [(problem, i, j)]
+
+        def find(parent: list[int], i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        def join(parent: list[int], i: int, j: int) -> None:
+            parent[max(find(parent, i), find(parent, j))] = min(find(parent, i), find(parent, j))
+
+        for p, row in enumerate(answers):
+            keys = [self.answer_key(a) for a in row]
+            index: dict[str, int] = {}
+            reps: list[str] = []  # the first raw answer of each distinct key
+            right: list[float | None] = []  # 1.0 if any sample of the key was right, else 0.0 / None
+            for s, key in enumerate(keys):
+                if key is None:
+                    continue
+                if key not in index:
+                    index[key] = len(reps)
+                    reps.append(row[s].strip())
+                    right.append(None)
+                reward = rewards[p][s] if rewards is not None else None
+                if reward is not None and right[index[key]] != 1.0:
+                    right[index[key]] = reward
+            parent = list(range(len(reps)))
+            checks = 0
+            for i in range(len(reps)):
+                for j in range(i + 1, len(reps)):
+                    if right[i] == right[j] == 1.0:
+                        join(parent, i, j)
+                        continue
+                    if {right[i], right[j]} == {0.0, 1.0}:
+                        continue
+                    exact = math_answers.exact_compare(reps[i], reps[j])
+                    if exact is not None:  # two plain numbers: decided exactly
+                        if exact:
+                            join(parent, i, j)
+                        continue
+                    if any(math_answers.reject_reason(x) for x in (reps[i], reps[j])):
+                        continue  # an answer sympy might never finish with matches nothing
+                    pair = (reps[i], reps[j])
+                    cached = self._cache.get(pair, self._cache.get(pair[::-1]))
+                    if cached is not None:
+                        if cached:
+                            join(parent, i, j)
+                    elif checks < self.vote_checks_per_problem:
+                        checks += 1
+                        jobs.setdefault(pair, []).append((p, i, j))
+            plans.append((keys, index, parent))
+
+        if jobs:
+            results = self._get_pool().map(math_answers.sympy_equivalent, list(jobs), self.timeout_s)
+            self.stats["vote_checks"] += len(jobs)
+            for pair, result in zip(jobs, results):
+                if result.ok:
+                    self._remember(*pair, bool(result.value))
+                    if result.value:
+                        for p, i, j in jobs[pair]:
+                            join(plans[p][2], i, j)
+
+        labels: list[list[int | None]] = []
+        for keys, index, parent in plans:
+            first: dict[int, int] = {}  # class root -> position of its first sample
+            labels.append([None if k is None else first.setdefault(find(parent, index[k]), s)
+                           for s, k in enumerate(keys)])
+        return labels
 
     def close(self) -> None:
         """Stop the verifier workers (a later score starts new ones). Safe to call twice."""
