@@ -63,7 +63,31 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "demo":
             sub.add_argument("--quick", action="store_true",
                              help="a much smaller run (seconds, for smoke tests; numbers mean little)")
+    add_compare_parser(subs)
     return parser
+
+
+def add_compare_parser(subs) -> None:
+    """`selfcorrect compare`: its own file format (selfcorrect/compare.py), so its own options."""
+    from .compare import methods_help
+
+    sub = subs.add_parser(
+        "compare", help="the paper's comparison: baselines, ablations, inference-time scaling, a report",
+        description=textwrap.fill(
+            "Train and evaluate every method and ablation from the same base model on the same task and "
+            "budget, over several seeds, then write report.md and report.html (tables with 95% intervals, "
+            "training curves, transitions, edit distances, inference-time scaling). Finished runs are "
+            "skipped and an interrupted RL run resumes, so re-running continues a comparison.", 100),
+        epilog="methods (use these names in the file's `methods:` list or in --methods):\n" + methods_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub.add_argument("--config", default=None,
+                     help="the comparison file [default: the packaged recipes/compare-demo.yaml, "
+                          "also configs/compare-demo.yaml]")
+    sub.add_argument("--quick", action="store_true",
+                     help="tiny budgets and one seed: a report in minutes on 2 CPU cores, numbers meaningless")
+    sub.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (overrides the file)")
+    sub.add_argument("--methods", help="comma-separated method names (overrides the file's list)")
+    sub.add_argument("--output", help="output folder (overrides the file's output_dir)")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -120,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             run_demo(cfg, quick=args.quick)
         elif args.command == "train":
             run_train(resolve_config(args, C.Config()))
+        elif args.command == "compare":
+            run_compare(args)
         else:
             run_eval(resolve_config(args, C.Config()))
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
@@ -139,6 +165,28 @@ def run_train(cfg: C.Config) -> None:
         spent = train_method(cfg, task)
     print(f"{cfg.algo.method}: {spent['gradient_updates']} updates, {spent['episodes_sampled']} episodes "
           f"in {spent['train_seconds']:.0f} s; model saved to {Path(cfg.run.output_dir) / 'final'}")
+
+
+def run_compare(args: argparse.Namespace) -> None:
+    """Load the comparison file, run what is not finished, print where the report is."""
+    from importlib.resources import as_file, files
+
+    from .compare import load_comparison, run_comparison
+
+    def split(text, kind=str):
+        return [kind(x) for x in text.split(",") if x.strip()] if text else None
+
+    try:
+        seeds = split(args.seeds, int)
+    except ValueError:
+        raise ValueError(f"--seeds {args.seeds!r}: expected comma-separated integers") from None
+    with as_file(files("selfcorrect") / "recipes" / "compare-demo.yaml") as default:
+        comparison = load_comparison(args.config or default, quick=args.quick, seeds=seeds,
+                                     methods=split(args.methods), output_dir=args.output)
+    if args.quick and not args.output:
+        comparison.output_dir = comparison.output_dir.with_name(comparison.output_dir.name + "-quick")
+    md, html = run_comparison(comparison)
+    print(f"report: {md}\n        {html}")
 
 
 def run_eval(cfg: C.Config) -> None:

@@ -16,26 +16,11 @@ import numpy as np
 
 from . import models
 from .config import Config, save_yaml
-from .metrics import bootstrap_intervals, edit_distance_ratio, self_correction_metrics
 from .progress import progress as progress_report
+from .results import EvalResult, problem_record, rewards_row, summarise
 from .rollout import ChatFormat, SamplingSettings, rollout, verify
 from .tasks import build_task
 from .tasks.base import Problem, Task
-
-
-@dataclass
-class EvalResult:
-    metrics: dict
-    intervals: dict
-    records: list[dict]
-    folder: Path | None = None
-    """Where evaluate_config wrote records.jsonl, metrics.json and config.yaml."""
-
-    def write_records(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w") as fh:
-            for rec in self.records:
-                fh.write(json.dumps(rec) + "\n")
 
 
 def evaluate(model, tokenizer, task: Task, problems: list[Problem], *, attempts: int = 2,
@@ -56,21 +41,11 @@ def evaluate(model, tokenizer, task: Task, problems: list[Problem], *, attempts:
                      settings=settings, batch_size=batch_size, fmt=fmt)
         verify(task, ro)
         for j, problem in enumerate(chunk):
-            verdicts = ro.verdicts[j]
-            correct[start + j] = [np.nan if v.reward is None else v.reward for v in verdicts]
-            records.append({
-                "id": problem.id, "question": problem.question, "reference": _jsonable(problem.reference),
-                "attempts": [{"text": ro.texts[j][a], "extracted": v.extracted, "reward": v.reward,
-                              "reason": v.reason, "detail": v.detail, "tokens": len(ro.attempts[j][a]),
-                              "truncated": ro.truncated[j][a]} for a, v in enumerate(verdicts)],
-            })
+            correct[start + j] = rewards_row(ro.verdicts[j])
+            records.append(problem_record(problem, ro.texts[j], ro.verdicts[j], ro.attempts[j], ro.truncated[j]))
         bar.update(len(chunk))
     bar.close()
-    metrics = self_correction_metrics(correct)
-    if attempts > 1:
-        metrics["edit_ratio"] = float(np.mean([
-            edit_distance_ratio(r["attempts"][0]["text"], r["attempts"][1]["text"]) for r in records]))
-    intervals = bootstrap_intervals(correct, n_boot=bootstrap, seed=seed) if bootstrap else {}
+    metrics, intervals = summarise(correct, records, bootstrap=bootstrap, seed=seed)
     return EvalResult(metrics, intervals, records)
 
 
@@ -134,11 +109,3 @@ def evaluate_config(cfg: Config, *, model=None, tokenizer=None, task: Task | Non
 def _slug(text: str) -> str:
     """A folder name for a model name or path (its last 80 safe characters)."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text.strip("/.")).strip("_")[-80:] or "model"
-
-
-def _jsonable(value):
-    try:
-        json.dumps(value)
-        return value
-    except TypeError:
-        return repr(value)

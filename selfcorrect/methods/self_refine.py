@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..evaluate import EvalResult, _jsonable
-from ..metrics import bootstrap_intervals, edit_distance_ratio, self_correction_metrics
+from ..results import EvalResult, problem_record, rewards_row, summarise
 from ..progress import progress as progress_report
 from ..rollout import ChatFormat, SamplingSettings, check_context_fits, generate
 from ..tasks.base import Problem, Task
@@ -118,23 +117,14 @@ def self_refine_evaluate(model, tokenizer, task: Task, problems: list[Problem], 
             v2[j] = v
         for j, problem in enumerate(chunk):
             verdicts = (v1[j], v2[j])
-            correct[start + j] = [np.nan if v.reward is None else v.reward for v in verdicts]
+            correct[start + j] = rewards_row(verdicts)
             says[start + j] = stop[j]
-            records.append({
-                "id": problem.id, "question": problem.question, "reference": _jsonable(problem.reference),
-                "attempts": [{"text": t, "extracted": v.extracted, "reward": v.reward, "reason": v.reason,
-                              "detail": v.detail, "tokens": len(ids), "truncated": cut}
-                             for t, v, ids, cut in zip((t1[j], t2[j]), verdicts, (y1[j], y2[j]),
-                                                       (y1_cut[j], y2_cut[j]))],
-                "feedback": fb_text[j], "feedback_tokens": len(fb[j]), "feedback_truncated": fb_cut[j],
-                "feedback_says_correct": stop[j],
-            })
+            record = problem_record(problem, [t1[j], t2[j]], list(verdicts), [y1[j], y2[j]], [y1_cut[j], y2_cut[j]])
+            records.append({**record, "feedback": fb_text[j], "feedback_tokens": len(fb[j]),
+                            "feedback_truncated": fb_cut[j], "feedback_says_correct": stop[j]})
         bar.update(len(chunk))
     bar.close()
-    metrics = self_correction_metrics(correct)
-    metrics["edit_ratio"] = float(np.mean([
-        edit_distance_ratio(r["attempts"][0]["text"], r["attempts"][1]["text"]) for r in records]))
+    metrics, intervals = summarise(correct, records, bootstrap=bootstrap, seed=seed)
     metrics["samples_per_problem_mean"] = float(np.mean(3 - says.astype(np.float64)))
     metrics["feedback_says_correct"] = float(says.mean())
-    intervals = bootstrap_intervals(correct, n_boot=bootstrap, seed=seed) if bootstrap else {}
     return EvalResult(metrics, intervals, records)

@@ -1,0 +1,296 @@
+"""`selfcorrect compare`: the paper's comparison on one model and task, in one command.
+
+A comparison is one YAML file (configs/compare-demo.yaml is a ready one):
+
+    title: SCoRe vs baselines, demo task
+    output_dir: runs/compare-demo
+    seeds: [0, 1, 2]
+    base: recipes/demo.yaml        # a train config (path, relative to this file or the package), or a mapping
+    overrides: {eval: {scaling: false}}   # applied to every method
+    methods:                       # names from METHODS; a mapping adds per-method overrides
+      - base
+      - score
+      - star: {sft: {lr: 3.0e-4}}
+    scaling: [base, score]         # methods whose inference-time scaling is measured
+
+Every method starts from the same base model, trains on the same problems with the same turn-2
+instruction and the same budget (the base config's RL settings: stage1_steps + stage2_steps
+updates of problems_per_step x samples_per_problem episodes; see methods/sft_baselines.py), and
+is evaluated with the same greedy protocol. Each method x seed is a run folder
+`<output_dir>/<method>/seed-<s>/` like `train` makes, plus `eval/` and `summary.json`.
+Re-running skips finished units and resumes an interrupted RL run from its last checkpoint (an
+SFT baseline restarts). At the end the report is written (selfcorrect/report).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass, field
+from importlib.resources import as_file, files
+from pathlib import Path
+
+import yaml
+
+from .config import Config, from_dict, load_yaml, save_yaml
+
+#: method name -> (display label, config overrides). "base" and "self_refine" train nothing.
+METHODS: dict[str, tuple[str, dict]] = {
+    "base": ("Base", {}),
+    "self_refine": ("Self-Refine", {"eval": {"method": "self_refine"}}),
+    "star": ("STaR w/ D_STaR", {"algo": {"method": "star"}}),
+    "star_plus": ("STaR w/ D+_STaR", {"algo": {"method": "star_plus"}}),
+    "pair_sft": ("Pair-SFT w/ D_SFT", {"algo": {"method": "pair_sft"}}),
+    "pair_sft_plus": ("Pair-SFT w/ D+_SFT", {"algo": {"method": "pair_sft_plus"}}),
+    "single_turn": ("Single-turn RL", {"algo": {"method": "single_turn"}}),
+    "score": ("SCoRe", {}),
+    "score_no_stage1": ("SCoRe w/o Stage I", {"algo": {"stage1_steps": 0}}),  # its steps go to Stage II
+    "score_no_shaping": ("SCoRe w/o reward shaping", {"algo": {"alpha": 0.0}}),
+    "score_star_stage2": ("SCoRe w/ STaR in Stage II", {"algo": {"stage2": "star"}}),
+    "score_offline_turn1": ("SCoRe w/o on-policy turn 1", {"algo": {"turn1": "base"}}),
+}
+UNTRAINED = ("base", "self_refine")
+
+
+@dataclass
+class Comparison:
+    """A resolved comparison file."""
+
+    title: str
+    output_dir: Path
+    seeds: list[int]
+    base: Config
+    methods: dict[str, dict] = field(default_factory=dict)  # name -> extra overrides
+    scaling: list[str] = field(default_factory=list)
+    quick: bool = False
+    raw: dict = field(default_factory=dict)
+
+
+def _merge(into: dict, extra: dict) -> dict:
+    """Nested dict merge (extra wins), without touching either input."""
+    out = copy.deepcopy(into)
+    for key, value in extra.items():
+        out[key] = _merge(out.get(key, {}), value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else copy.deepcopy(value)
+    return out
+
+
+def _base_config(value, where: Path) -> Config:
+    """`base:` as a mapping, a YAML path relative to the comparison file, or recipes/<name>."""
+    if isinstance(value, dict):
+        return from_dict(value)
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: 'base' must be a config file or a mapping, got {value!r}")
+    path = (where.parent / value) if not Path(value).is_absolute() else Path(value)
+    if path.exists():
+        return load_yaml(path)
+    packaged = files("selfcorrect") / value
+    if packaged.is_file():
+        with as_file(packaged) as p:
+            return load_yaml(p)
+    raise FileNotFoundError(f"{where}: base config {value!r} found neither beside it nor in the package")
+
+
+def load_comparison(path: str | Path, *, quick: bool = False, seeds: list[int] | None = None,
+                    methods: list[str] | None = None, output_dir: str | None = None) -> Comparison:
+    """Read and check a comparison file; command-line choices override it."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"comparison file {path} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    known = {"title", "output_dir", "seeds", "base", "overrides", "methods", "scaling", "quick"}
+    if not isinstance(raw, dict) or set(raw) - known:
+        raise ValueError(f"{path}: unknown keys {sorted(set(raw) - known) if isinstance(raw, dict) else raw!r}; "
+                         f"known: {sorted(known)}")
+    base = _base_config(raw.get("base", {}), path)
+    overrides = raw.get("overrides") or {}
+    base = from_dict(overrides, base)
+    listed: dict[str, dict] = {}
+    for item in raw.get("methods") or list(METHODS):
+        name, extra = (next(iter(item.items())) if isinstance(item, dict) else (item, {}))
+        if name not in METHODS:
+            raise ValueError(f"{path}: unknown method {name!r}; known: {', '.join(METHODS)}")
+        listed[name] = extra or {}
+    if methods:
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
+        listed = {m: listed.get(m, {}) for m in methods}
+    quick = quick or bool(raw.get("quick", False))
+    comparison = Comparison(
+        title=str(raw.get("title", path.stem)), output_dir=Path(output_dir or raw.get("output_dir", "runs/compare")),
+        seeds=list(seeds if seeds is not None else raw.get("seeds", [0, 1, 2])), base=base, methods=listed,
+        scaling=[m for m in raw.get("scaling", []) if m in listed], quick=quick, raw=raw)
+    if quick:
+        make_quick(comparison)
+    for name in comparison.methods:  # every method's config must be valid before anything runs
+        method_config(comparison, name, comparison.seeds[0])
+    return comparison
+
+
+def make_quick(c: Comparison) -> None:
+    """Tiny budgets so a new user sees a report in minutes; the numbers mean nothing."""
+    cfg = c.base
+    cfg.algo.stage1_steps = cfg.algo.stage2_steps = 2
+    cfg.optim.problems_per_step = 8
+    cfg.eval.limit, cfg.eval.bootstrap = 40, 100
+    cfg.eval.scaling_k, cfg.eval.scaling_attempts = "1,2", 3
+    cfg.sft.iterations = 2
+    c.seeds = c.seeds[:1]
+    c.title = f"{c.title} (quick: meaningless numbers)"
+
+
+def method_config(c: Comparison, method: str, seed: int) -> Config:
+    """The full config of one unit: base + the method's preset + its listed overrides."""
+    cfg = copy.deepcopy(c.base)
+    if method == "score_no_stage1":  # the whole update budget goes to Stage II
+        cfg.algo.stage2_steps += cfg.algo.stage1_steps
+    cfg = from_dict(_merge(METHODS[method][1], c.methods.get(method, {})), cfg)
+    cfg.run.seed = seed
+    cfg.run.output_dir = str(unit_dir(c, method, seed))
+    cfg.eval.scaling = method in c.scaling
+    return cfg.validate()
+
+
+def unit_dir(c: Comparison, method: str, seed: int) -> Path:
+    return c.output_dir / method / f"seed-{seed}"
+
+
+def is_finished(c: Comparison, method: str, seed: int) -> bool:
+    folder = unit_dir(c, method, seed)
+    summary = folder / "summary.json"
+    if not summary.exists() or not json.loads(summary.read_text()).get("done"):
+        return False
+    if json.loads(summary.read_text()).get("skipped"):
+        return True
+    needs = [folder / "eval" / "metrics.json"] + ([folder / "eval" / "scaling.json"] if method in c.scaling else [])
+    return all(p.exists() for p in needs)
+
+
+def run_unit(c: Comparison, method: str, seed: int, base_model_name: str) -> dict:
+    """Train (unless the method trains nothing) and evaluate one method x seed; write summary.json."""
+    from .evaluate import evaluate_config, evaluation_problems
+    from .methods import train_method
+    from .tasks import build_task
+
+    cfg = method_config(c, method, seed)
+    cfg.model.name = base_model_name
+    folder = Path(cfg.run.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    label = METHODS[method][0]
+    with build_task(cfg.task.name, cfg.task.options) as task:
+        evaluation_problems(cfg, task)  # the data first
+        summary_path = folder / "summary.json"
+        trained = summary_path.exists() and json.loads(summary_path.read_text()).get("done")
+        if method in UNTRAINED:
+            summary = {"method": method, "episodes_sampled": 0, "gradient_updates": 0, "train_seconds": 0.0}
+            if method == "self_refine":
+                from .methods.self_refine import check_applicable
+
+                try:
+                    check_applicable(task)
+                except ValueError as exc:  # e.g. the demo model: reported as not applicable
+                    summary.update(skipped=str(exc), done=True)
+                    _write_summary(folder, summary, label, seed)
+                    return summary
+            eval_model = base_model_name
+        else:
+            if not trained:
+                cfg.run.resume = (folder / "checkpoints" / "LATEST").exists()
+                cfg.run.overwrite = not cfg.run.resume
+                save_yaml(cfg, folder / "config.yaml")
+                summary = train_method(cfg, task)
+            else:
+                summary = json.loads(summary_path.read_text())
+            eval_model = str(folder / "final")
+        eval_cfg = copy.deepcopy(cfg)
+        eval_cfg.model.name, eval_cfg.model.lora = eval_model, False
+        started = time.perf_counter()
+        result = evaluate_config(eval_cfg, task=task, name=label, folder=folder / "eval")
+        summary["eval_seconds"] = round(time.perf_counter() - started, 1)
+        if "samples_per_problem_mean" in result.metrics:
+            summary["samples_per_problem_mean"] = result.metrics["samples_per_problem_mean"]
+    summary["done"] = True
+    _write_summary(folder, summary, label, seed)
+    return summary
+
+
+def _write_summary(folder: Path, summary: dict, label: str, seed: int) -> None:
+    """summary.json of a unit, named by the comparison's method (an ablation's training method
+    is 'score'; it stays in `trained_as`)."""
+    method = folder.parent.name
+    if summary.get("method", method) != method:
+        summary["trained_as"] = summary["method"]
+    summary.update(method=method, label=label, seed=seed)
+    (folder / "summary.json").write_text(json.dumps(summary, indent=1))
+
+
+def resolve_base_model(c: Comparison) -> str:
+    """The base model's folder, built or converted once for every unit (the quick comparison
+    uses the quick demo build)."""
+    from .models import DEMO_NAME, cache_root, resolve_model_path
+
+    if c.quick and c.base.model.name == DEMO_NAME:
+        from .demo_model import build_demo_base
+
+        return str(build_demo_base(cache_root() / "demo-base-quick", seed=0, quick=True,
+                                   progress=c.base.run.progress))
+    return resolve_model_path(c.base.model.name, progress=c.base.run.progress)
+
+
+def run_comparison(c: Comparison, *, stream=None) -> tuple[Path, Path]:
+    """Every method x seed (finished ones skipped), then report.md and report.html."""
+    from .progress import progress
+    from .report import write_report
+
+    c.output_dir.mkdir(parents=True, exist_ok=True)
+    (c.output_dir / "compare.yaml").write_text(yaml.safe_dump(
+        {**c.raw, "title": c.title, "seeds": c.seeds, "quick": c.quick, "methods": list(c.methods),
+         "scaling": c.scaling, "resolved_base": _plain(c.base)}, sort_keys=False))
+    units = [(m, s) for s in c.seeds for m in c.methods]
+    todo = [u for u in units if not is_finished(c, *u)]
+    print(f"compare: {len(units)} runs ({len(units) - len(todo)} already finished) -> {c.output_dir}",
+          flush=True)
+    base_model = resolve_base_model(c) if todo else c.base.model.name
+    bar = progress(len(units), "compare", enabled=c.base.run.progress, initial=len(units) - len(todo),
+                   stream=stream, every_s=10)
+    for method, seed in todo:
+        bar.set_postfix(run=f"{method}/seed-{seed}")
+        summary = run_unit(c, method, seed, base_model)
+        bar.update(1)
+        print(f"compare: {method} seed {seed} done: {summary.get('skipped') or _headline(c, method, seed)}",
+              flush=True)
+    bar.close()
+    return write_report(c.output_dir)
+
+
+def _headline(c: Comparison, method: str, seed: int) -> str:
+    m = json.loads((unit_dir(c, method, seed) / "eval" / "metrics.json").read_text())["metrics"]
+    return f"Acc@t1 {m['acc_t1']:.1%}  Acc@t2 {m['acc_t2']:.1%}  Δ {m['delta']:+.1%}"
+
+
+def _plain(cfg: Config) -> dict:
+    from .config import to_dict
+
+    return to_dict(cfg)
+
+
+def methods_help() -> str:
+    """One line per method, for `selfcorrect compare --help`."""
+    from .methods import DESCRIPTIONS
+
+    lines = []
+    for name, (label, overrides) in METHODS.items():
+        if name == "base":
+            text = "the base model, no training"
+        elif name == "self_refine":
+            text = "prompting only: feedback on attempt 1, then a refined answer (docs/SELF_REFINE.md)"
+        elif name in DESCRIPTIONS:
+            text = DESCRIPTIONS[name].split(": ", 1)[-1]
+        else:
+            text = "ablation: " + ", ".join(f"{s}.{k}={v}" for s, kv in overrides.items() for k, v in kv.items())
+            if name == "score_no_stage1":
+                text = "ablation: algo.stage1_steps=0 (its steps go to Stage II)"
+        lines.append(f"  {name:<21} {label}: {text}")
+    return "\n".join(lines)

@@ -1,0 +1,67 @@
+"""What an evaluation protocol returns: per-problem records and the summary metrics.
+
+Shared by the greedy multi-attempt protocol (evaluate.py) and Self-Refine
+(methods/self_refine.py), so both write the same records and compute the same metrics.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .metrics import bootstrap_intervals, edit_distance_ratio, self_correction_metrics
+from .tasks.base import Problem, Verdict
+
+
+@dataclass
+class EvalResult:
+    metrics: dict
+    intervals: dict
+    records: list[dict]
+    folder: Path | None = None
+    """Where evaluate_config wrote records.jsonl, metrics.json and config.yaml."""
+
+    def write_records(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as fh:
+            for rec in self.records:
+                fh.write(json.dumps(rec) + "\n")
+
+
+def problem_record(problem: Problem, texts: list[str], verdicts: list[Verdict], ids: list[list[int]],
+                   truncated: list[bool]) -> dict:
+    """One problem's record: every attempt's text, extracted answer, verdict, length and cut."""
+    return {
+        "id": problem.id, "question": problem.question, "reference": jsonable(problem.reference),
+        "attempts": [{"text": t, "extracted": v.extracted, "reward": v.reward, "reason": v.reason,
+                      "detail": v.detail, "tokens": len(i), "truncated": cut}
+                     for t, v, i, cut in zip(texts, verdicts, ids, truncated)],
+    }
+
+
+def rewards_row(verdicts: list[Verdict]) -> list[float]:
+    """A problem's row of the [N, A] correctness matrix: 1 / 0, NaN where the verifier failed."""
+    return [np.nan if v.reward is None else v.reward for v in verdicts]
+
+
+def summarise(correct: np.ndarray, records: list[dict], *, bootstrap: int, seed: int) -> tuple[dict, dict]:
+    """(metrics, intervals) of an [N, A] correctness matrix; with two or more attempts also the
+    mean character-level edit-distance ratio between attempts 1 and 2 of the records."""
+    metrics = self_correction_metrics(correct)
+    if correct.shape[1] > 1:
+        metrics["edit_ratio"] = float(np.mean([
+            edit_distance_ratio(r["attempts"][0]["text"], r["attempts"][1]["text"]) for r in records]))
+    intervals = bootstrap_intervals(correct, n_boot=bootstrap, seed=seed) if bootstrap else {}
+    return metrics, intervals
+
+
+def jsonable(value):
+    """The value itself when JSON can hold it, else its repr (references can be any object)."""
+    try:
+        json.dumps(value)
+        return value
+    except TypeError:
+        return repr(value)
