@@ -135,7 +135,7 @@ def make_quick(c: Comparison) -> None:
     cfg.algo.stage1_steps = cfg.algo.stage2_steps = 2
     cfg.optim.problems_per_step = 8
     cfg.eval.limit, cfg.eval.bootstrap = 40, 100
-    cfg.eval.scaling_k, cfg.eval.scaling_attempts = "1,2", 3
+    cfg.eval.scaling_k = "1,2"
     cfg.sft.iterations = 2
     c.seeds = c.seeds[:1]
     c.title = f"{c.title} (quick: meaningless numbers)"
@@ -227,15 +227,10 @@ def _write_summary(folder: Path, summary: dict, label: str, seed: int) -> None:
 
 
 def resolve_base_model(c: Comparison) -> str:
-    """The base model's folder, built or converted once for every unit (the quick comparison
-    uses the quick demo build)."""
-    from .models import DEMO_NAME, cache_root, resolve_model_path
+    """The base model's folder, built or converted once for every unit (the demo base is built
+    once and cached, a few minutes on 2 CPU cores; `selfcorrect demo` shares it)."""
+    from .models import resolve_model_path
 
-    if c.quick and c.base.model.name == DEMO_NAME:
-        from .demo_model import build_demo_base
-
-        return str(build_demo_base(cache_root() / "demo-base-quick", seed=0, quick=True,
-                                   progress=c.base.run.progress))
     return resolve_model_path(c.base.model.name, progress=c.base.run.progress)
 
 

@@ -87,3 +87,18 @@ def test_accuracy_by_attempt_prefers_records_then_scaling(comparison):
     attempts, acc, source = accuracy_by_attempt(score_run)
     assert attempts == [1, 2, 3, 4, 5] and acc[0] == pytest.approx(0.55) and source == "sampled, T = 0.7"
     assert accuracy_by_attempt(comparison.methods[-1].runs[2]) is None  # neither
+
+
+def test_a_skipped_method_is_not_applicable_not_pending(tmp_path):
+    import json
+
+    from selfcorrect.report.collect import collect
+    from selfcorrect.report.tables import summary_table
+
+    folder = tmp_path / "cmp" / "self_refine" / "seed-0"
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({"method": "self_refine", "label": "Self-Refine", "seed": 0,
+                                                     "done": True, "skipped": "no feedback format"}))
+    comparison = collect(tmp_path / "cmp")
+    assert comparison.pending() == []
+    assert summary_table(comparison).rows[0][1:3] == ["n/a", "n/a"]

@@ -96,6 +96,13 @@ class Method:
     def finished_runs(self) -> list[Run]:
         return [r for r in self.runs if r.finished]
 
+    @property
+    def not_applicable(self) -> str | None:
+        """The reason when every run of the method was skipped as not applicable (Self-Refine
+        on a model that cannot follow feedback prompts), else None."""
+        reasons = {(r.summary or {}).get("skipped") for r in self.runs}
+        return reasons.pop() if self.runs and len(reasons) == 1 and None not in reasons else None
+
 
 @dataclass
 class Pending:
@@ -124,6 +131,8 @@ class Comparison:
         """Runs that exist but are not finished, and runs compare.yaml asks for that have no folder."""
         out = []
         for m in self.methods:
+            if m.not_applicable:
+                continue  # reported as not applicable, not as waiting
             for run in m.runs:
                 if not run.finished:
                     out.append(Pending(m.name, m.label, run.seed, run.status))

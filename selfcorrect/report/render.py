@@ -56,6 +56,9 @@ def build_document(comparison: Comparison, figures: list[Figure]) -> Document:
         sections.append(Section("Per seed", [
             Paragraph("Every finished run, each metric with its 95% bootstrap interval over test problems."), per_seed]))
     sections.append(Section("Pending runs", [_pending_block(comparison)]))
+    not_applicable = [f"{m.label} ({m.name}): {m.not_applicable}" for m in comparison.methods if m.not_applicable]
+    if not_applicable:
+        sections.append(Section("Not applicable", [Bullets(not_applicable)]))
     behaviour = _named(figures, "transitions") + _named(figures, "edit-ratio")
     if behaviour:
         sections.append(Section("Self-correction behaviour", behaviour))
@@ -74,7 +77,7 @@ def _named(figures: list[Figure], prefix: str) -> list[Figure]:
 
 
 def _overview(comparison: Comparison) -> str:
-    runs = comparison.runs
+    runs = [run for m in comparison.methods if not m.not_applicable for run in m.runs]
     finished = sum(run.finished for run in runs)
     pending = comparison.pending()
     text = (f"Comparison folder {comparison.folder.name}: {len(comparison.methods)} methods, "

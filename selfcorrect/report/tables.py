@@ -29,6 +29,7 @@ BUDGET_COLUMNS = (
     ("train time", "train_seconds"),
 )
 PENDING = "pending"
+NOT_APPLICABLE = "n/a"
 MISSING = "–"
 
 
@@ -49,6 +50,9 @@ def summary_table(comparison: Comparison) -> Table:
     rows = []
     for method in comparison.methods:
         runs = method.finished_runs
+        if method.not_applicable:
+            rows.append([method.label, NOT_APPLICABLE] + [NOT_APPLICABLE] * len(METRIC_COLUMNS))
+            continue
         rows.append([method.label, _seed_count(method)] + [_over_seeds(runs, key) for _, key in METRIC_COLUMNS])
     return Table(["Approach", "seeds"] + [h for h, _ in METRIC_COLUMNS], rows)
 
@@ -70,6 +74,9 @@ def budget_table(comparison: Comparison) -> Table:
     rows = []
     for method in comparison.methods:
         runs = method.finished_runs
+        if method.not_applicable:
+            rows.append([method.label, NOT_APPLICABLE] + [NOT_APPLICABLE] * len(BUDGET_COLUMNS))
+            continue
         cells = []
         for _, key in BUDGET_COLUMNS:
             values = [v for v in (run.budget(key) for run in runs) if v is not None]
