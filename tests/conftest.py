@@ -25,3 +25,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def saved_tiny(tmp_path_factory) -> Path:
+    """A tiny random Llama and its character tokenizer saved as a Hugging Face folder."""
+    from tiny import tiny_model, tiny_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-model")
+    tok = tiny_tokenizer()
+    tiny_model(tok, seed=4).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

@@ -7,16 +7,6 @@ import pytest
 import yaml
 
 from selfcorrect.compare import METHODS, is_finished, load_comparison, method_config, run_comparison, unit_dir
-from tiny import tiny_model, tiny_tokenizer
-
-
-@pytest.fixture(scope="module")
-def saved_tiny(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-model")
-    tok = tiny_tokenizer()
-    tiny_model(tok, seed=4).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
 
 
 def write_comparison(tmp_path, model, methods, **extra) -> str:

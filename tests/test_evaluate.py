@@ -8,16 +8,7 @@ from selfcorrect.cli import main
 from selfcorrect.config import Config
 from selfcorrect.evaluate import evaluate, evaluate_config
 from selfcorrect.models import Reference, load_policy, load_tokenizer, resolve_model_path
-from tiny import EchoTask, tiny_model, tiny_tokenizer
-
-
-@pytest.fixture(scope="module")
-def saved_tiny(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-model")
-    tok = tiny_tokenizer()
-    tiny_model(tok, seed=4).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+from tiny import EchoTask
 
 
 def test_evaluate_three_attempts_records_and_identity(saved_tiny):
