@@ -141,7 +141,6 @@ def main(argv: list[str] | None = None) -> int:
 
         hf_logging.disable_progress_bar()
     from . import distributed
-    from torch.distributed import DistError
 
     ok = False
     try:
@@ -163,10 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
         print(f"selfcorrect {args.command}: error: {_rank_prefix()}{exc}", file=sys.stderr)
         return 2
-    except DistError as exc:  # a collective failed: another rank died or timed out
+    except RuntimeError as exc:
+        if not distributed.lost_peer(exc):
+            raise
+        # a collective failed: another rank died or timed out (its own log says why)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"selfcorrect {args.command}: error: {_rank_prefix()}lost contact with another process of the "
-              f"job (it failed, was killed or timed out): {first}", file=sys.stderr)
+              f"job (it failed, was killed or timed out): {first[:300]}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"selfcorrect {args.command}: interrupted; the last checkpoint is kept", file=sys.stderr)
@@ -182,7 +184,8 @@ def launch(cfg: C.Config) -> C.Config:
     from . import distributed
     from .models import pick_device
 
-    distributed.init(cfg.distributed.timeout_s, cuda=pick_device(cfg.model.device).type == "cuda")
+    distributed.init(cfg.distributed.timeout_s, cuda=pick_device(cfg.model.device).type == "cuda",
+                     group_of_one=cfg.distributed.strategy == "fsdp")
     return cfg
 
 

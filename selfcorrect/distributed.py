@@ -39,6 +39,12 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def in_group() -> bool:
+    """Whether a process group exists (possibly of one process)."""
+    dist = _dist()
+    return dist.is_available() and dist.is_initialized()
+
+
 def rank() -> int:
     return _dist().get_rank() if active() else 0
 
@@ -109,13 +115,15 @@ def expected_world_size(env: Mapping[str, str] | None = None) -> int:
     return world
 
 
-def init(timeout_s: float = DEFAULT_TIMEOUT_S, cuda: bool | None = None) -> int:
+def init(timeout_s: float = DEFAULT_TIMEOUT_S, cuda: bool | None = None, group_of_one: bool = False) -> int:
     """Join the process group the launcher described (idempotent); return the world size.
 
     Nothing happens when not launched distributed (world size 1). On GPUs each rank takes
     cuda:LOCAL_RANK and NCCL; on CPU gloo. After joining, the ranks check that they are
     exactly 0..N-1 of one group, so a misconfigured launch fails here, not mid-training.
-    cuda: whether the model runs on GPUs (default: whether CUDA is available)."""
+    cuda: whether the model runs on GPUs (default: whether CUDA is available). group_of_one:
+    also make a group when torchrun started a single process (FSDP needs one even for one GPU,
+    which is how its code path is smoke-tested on a single device)."""
     want = expected_world_size()
     dist = _dist()
     if dist.is_available() and dist.is_initialized():
@@ -126,7 +134,7 @@ def init(timeout_s: float = DEFAULT_TIMEOUT_S, cuda: bool | None = None) -> int:
                 "group created by another library, e.g. a plain Accelerator() on CPU under torchrun, which "
                 "runs independent rank-0 processes?)")
         return have
-    if want == 1:
+    if want == 1 and not (group_of_one and os.environ.get("WORLD_SIZE") and os.environ.get("MASTER_ADDR")):
         return 1
     if not dist.is_available():
         raise ValueError(f"launch: WORLD_SIZE={want} but this torch build has no torch.distributed")
@@ -157,6 +165,17 @@ def device() -> torch.device:
     if active() and _dist().get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def lost_peer(exc: BaseException) -> bool:
+    """Whether `exc` is a collective that failed because another rank died, hung or timed out
+    (gloo raises a plain RuntimeError naming its transport; NCCL and the store a DistError)."""
+    dist = _dist()
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and world_size() > 1 and any(
+        mark in text for mark in ("gloo", "NCCL", "Connection reset", "Connection closed", "timed out"))
 
 
 # ------------------------------------------------------------------------------ collectives

@@ -140,11 +140,16 @@ def save_final_sharded(replicated, tokenizer, folder: Path) -> None:
 
     from .atomic import atomic_folder
 
-    full = get_model_state_dict(replicated.module, options=_options())  # a collective
+    model = replicated.module
+    full = get_model_state_dict(model, options=_options())  # a collective
+    # a tied weight (lm_head = embeddings) appears under both names here; keep the one name
+    # named_parameters gives it, as save_pretrained does for an unsharded model
+    names = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+    full = {name: tensor for name, tensor in full.items() if name in names}
 
     def write() -> None:
         with atomic_folder(folder) as tmp:
-            replicated.module.save_pretrained(tmp, state_dict=full)
+            model.save_pretrained(tmp, state_dict=full)
             tokenizer.save_pretrained(tmp)
 
     distributed.on_main(write)

@@ -18,6 +18,7 @@ The reference policy is never wrapped: it takes no gradient (DDP) — see fsdp.p
 from __future__ import annotations
 
 import contextlib
+import inspect
 
 import torch
 
@@ -32,17 +33,21 @@ class Replicated:
             raise ValueError(f"distributed.strategy {strategy!r} is not one of {STRATEGIES}")
         self.module = model
         self.world = distributed.world_size()
-        self.strategy = strategy if self.world > 1 else "none"
+        # one process: nothing to replicate, except FSDP in a group of one (the 1-GPU smoke test)
+        self.strategy = strategy if self.world > 1 or (strategy == "fsdp" and distributed.in_group()) else "none"
         self.grad_scale = float(self.world)
         if self.strategy == "ddp":
             from torch.nn.parallel import DistributedDataParallel
 
             device = next(model.parameters()).device
-            # broadcast_buffers=False: the buffers (rotary tables) are constants, and a buffer
+            # no buffer sync in forward: the buffers (rotary tables) are constants, and a buffer
             # broadcast in every forward would be one more collective the ranks must match
+            # (torch >= 2.13 names the switch forward_sync_buffers; older ones broadcast_buffers)
+            takes_new = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+            no_sync_buffers = {"forward_sync_buffers" if takes_new else "broadcast_buffers": False}
             self.train_model = DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None,
-                broadcast_buffers=False, find_unused_parameters=False)
+                find_unused_parameters=False, **no_sync_buffers)
         elif self.strategy == "fsdp":
             from .fsdp import shard_model
 

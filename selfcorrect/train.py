@@ -65,7 +65,8 @@ class Trainer:
         self.task = task
         # Launched by torchrun: join the process group (a no-op on one process). Every rank runs
         # this whole constructor; only rank 0 writes files (distributed.on_main).
-        distributed.init(cfg.distributed.timeout_s, cuda=_wants_cuda(cfg, model))
+        distributed.init(cfg.distributed.timeout_s, cuda=_wants_cuda(cfg, model),
+                         group_of_one=cfg.distributed.strategy == "fsdp")
         self.world = distributed.world_size()
         self.seeding = sampling_mode(cfg, self.world)
         # the data first: a bad path or an empty split is reported before any model is loaded
@@ -126,7 +127,7 @@ class Trainer:
             self.problems, self.cfg.run.seed, self.state["data_position"], self.cfg.optim.problems_per_step)
         return batch
 
-    def _row_seeds(self, positions: list[int], problems: list) -> list[int] | None:
+    def _row_seeds(self, positions: list[int]) -> list[int] | None:
         """Per-row sampling seeds (rollout.seeding problem): row (problem at data position pos,
         sample j) gets mix(run seed, pos, j), whichever rank generates it. None: the RNG stream."""
         if self.seeding != "problem":
@@ -189,7 +190,7 @@ class Trainer:
         # RLOO baselines below need nothing from other ranks
         lo, hi = distributed.shard_bounds(len(batch))
         problems = batch[lo:hi]
-        seeds = self._row_seeds(list(range(first + lo, first + hi)), problems)
+        seeds = self._row_seeds(list(range(first + lo, first + hi)))
         k, n_att = cfg.rollout.samples_per_problem, cfg.rollout.attempts
         sampling = SamplingSettings(greedy=False, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                                     max_new_tokens=cfg.rollout.max_new_tokens)
@@ -378,7 +379,8 @@ class Trainer:
         if self.replicated.strategy == "fsdp":
             from .fsdp import restore_full_state
 
-            restore = lambda weights, optim: restore_full_state(self.replicated, self.optimizer, weights, optim)  # noqa: E731
+            def restore(weights, optim_state):  # full tensors into this rank's shards
+                restore_full_state(self.replicated, self.optimizer, weights, optim_state)
         state = checkpoint.load(folder, self.model, self.optimizer, self.scheduler, rank=distributed.rank(),
                                 restore=restore)
         state.pop("world_size", None)

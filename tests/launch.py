@@ -50,8 +50,8 @@ def torchrun(args: list[str], nproc: int = 2, timeout: float = TIMEOUT_S) -> tup
     return _wait(proc, timeout)
 
 
-def bare_ranks(args: list[str], world: int = 2, timeout: float = TIMEOUT_S) -> list[tuple[int, str]]:
-    """`python ARGS` once per rank with torchrun's variables set: [(exit code, stderr)] by rank."""
+def start_bare_ranks(args: list[str], world: int = 2) -> list[subprocess.Popen]:
+    """`python ARGS` once per rank with torchrun's variables set, stderr piped."""
     port = str(free_port())
     procs = []
     for rank in range(world):
@@ -59,9 +59,18 @@ def bare_ranks(args: list[str], world: int = 2, timeout: float = TIMEOUT_S) -> l
                        LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
         procs.append(subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.PIPE, text=True, start_new_session=True))
+    return procs
+
+
+def wait_ranks(procs: list[subprocess.Popen], timeout: float = TIMEOUT_S) -> list[tuple[int, str]]:
+    """[(exit code, stderr)] by rank; every rank is killed if the job outlives `timeout`."""
     try:
         return [_wait(p, timeout) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
+
+
+def bare_ranks(args: list[str], world: int = 2, timeout: float = TIMEOUT_S) -> list[tuple[int, str]]:
+    return wait_ranks(start_bare_ranks(args, world), timeout)

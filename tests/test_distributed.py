@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from dist_worker import Recording, UnevenTask, dist_config, make_trainer, trainable
-from launch import bare_ranks, torchrun
+from launch import bare_ranks, start_bare_ranks, torchrun, wait_ranks
 from selfcorrect import distributed
 from tiny import tiny_model, tiny_tokenizer
 
@@ -167,6 +170,26 @@ def test_cli_error_is_one_line_and_exit_2_on_every_rank(tmp_path, saved_tiny):
         assert code == 2, err[-3000:]
         lines = [line for line in err.splitlines() if line.startswith("selfcorrect train: error:")]
         assert len(lines) == 1 and f"[rank {rank}]" in lines[0] and "already holds a run" in lines[0], err[-3000:]
+
+
+def test_cli_rank_losing_its_peer_says_so_in_one_line(tmp_path, saved_tiny):
+    """Without torchrun to stop the job: rank 1 is killed mid-run, rank 0's next collective fails
+    and it exits with one line naming the cause instead of waiting forever."""
+    run = tmp_path / "run"
+    procs = start_bare_ranks(["-m", "selfcorrect", "train", "--model", str(saved_tiny), "--task", "arithmetic",
+                              "--output", str(run), "--model.device", "cpu", "--run.progress", "false",
+                              "--algo.stage1_steps", "500", "--algo.stage2_steps", "0", "--run.save_every", "1",
+                              "--optim.problems_per_step", "2", "--rollout.samples_per_problem", "2",
+                              "--rollout.max_new_tokens", "3", "--distributed.timeout_s", "30"])
+    deadline = time.monotonic() + 45
+    while not (run / "checkpoints" / "LATEST").exists() and time.monotonic() < deadline:
+        assert procs[0].poll() is None, procs[0].communicate()[1][-3000:]
+        time.sleep(0.05)
+    os.kill(procs[1].pid, signal.SIGKILL)
+    (code, err), _ = wait_ranks(procs)
+    assert code == 1, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("selfcorrect train: error:")]
+    assert len(lines) == 1 and "[rank 0] lost contact with another process" in lines[0], err[-3000:]
 
 
 LAUNCH_TRAPS = [

@@ -35,7 +35,8 @@ def train_method(cfg: Config, task, model=None, tokenizer=None) -> dict:
 
     method = cfg.algo.method
     cfg = check_training_config(cfg.validate())
-    distributed.init(cfg.distributed.timeout_s, cuda=_wants_cuda(cfg, model))
+    distributed.init(cfg.distributed.timeout_s, cuda=_wants_cuda(cfg, model),
+                     group_of_one=cfg.distributed.strategy == "fsdp")
     if distributed.world_size() > 1 and (method not in ("score", "single_turn") or cfg.algo.stage2 == "star"):
         raise ValueError(f"algo.method={method}" + (" with algo.stage2 star" if method == "score" else "")
                          + " runs on one process only; launch it without torchrun / accelerate")
