@@ -6,6 +6,11 @@ fsynced, renamed into place with os.replace, and only then is LATEST replaced th
 old checkpoints pruned — so a crash at any moment leaves the previous checkpoint intact.
 
 Weights: only the trainable parameters (the LoRA adapter, or all weights without LoRA).
+
+Data-parallel runs: rank 0 writes (the model and optimizer are the same on every rank), with
+every rank's RNG state in optimizer.pt ("rng_by_rank") and the world size in state.json, which
+a resume must match. Under FSDP the caller passes the gathered full `weights` and
+`optimizer_state` and restores them with `restore`.
 """
 
 from __future__ import annotations
@@ -43,16 +48,20 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save(run_dir: Path, step: int, model, optimizer, scheduler, trainer_state: dict, keep: int) -> Path:
+def save(run_dir: Path, step: int, model, optimizer, scheduler, trainer_state: dict, keep: int, *,
+         rng_by_rank: list | None = None, weights: dict | None = None, optimizer_state: dict | None = None) -> Path:
     """Write checkpoint `step` atomically, point LATEST at it, then prune to the newest `keep`."""
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:06d}"
     final = root / name
     with atomic_folder(final) as tmp:
-        save_file(trainable_state(model), str(tmp / "weights.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": rng_state()}, tmp / "optimizer.pt")
+        save_file(trainable_state(model) if weights is None else weights, str(tmp / "weights.safetensors"))
+        extra = {"optimizer": optimizer.state_dict() if optimizer_state is None else optimizer_state,
+                 "scheduler": scheduler.state_dict(), "rng": rng_state()}
+        if rng_by_rank is not None:
+            extra["rng_by_rank"] = rng_by_rank
+        torch.save(extra, tmp / "optimizer.pt")
         (tmp / "state.json").write_text(json.dumps(trainer_state, indent=1))
     write_text_atomic(root / LATEST, name)
     existing = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
@@ -71,9 +80,22 @@ def latest(run_dir: Path) -> Path | None:
     return folder
 
 
-def load(folder: Path, model, optimizer, scheduler) -> dict:
-    """Restore weights, optimizer, scheduler and RNG states; return the trainer state."""
+def read_state(folder: Path) -> dict:
+    """The trainer state of a checkpoint (step, data position, world size, ...), nothing loaded."""
+    return json.loads((folder / "state.json").read_text())
+
+
+def load(folder: Path, model, optimizer, scheduler, *, rank: int = 0, restore=None) -> dict:
+    """Restore weights, optimizer, scheduler and RNG states (rank `rank`'s, when the run kept one
+    per rank); return the trainer state. restore(weights, optimizer_state): loads the first two
+    instead (FSDP)."""
     weights = load_file(str(folder / "weights.safetensors"))
+    extra = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False)
+    if restore is not None:
+        restore(weights, extra["optimizer"])
+        scheduler.load_state_dict(extra["scheduler"])
+        set_rng_state(extra["rng_by_rank"][rank] if "rng_by_rank" in extra else extra["rng"])
+        return read_state(folder)
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
     unknown = [n for n in weights if n not in params]
@@ -83,8 +105,7 @@ def load(folder: Path, model, optimizer, scheduler) -> dict:
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor.to(params[name].device, params[name].dtype))
-    extra = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False)
     optimizer.load_state_dict(extra["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
-    set_rng_state(extra["rng"])
-    return json.loads((folder / "state.json").read_text())
+    set_rng_state(extra["rng_by_rank"][rank] if "rng_by_rank" in extra else extra["rng"])
+    return read_state(folder)

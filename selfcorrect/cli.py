@@ -131,39 +131,78 @@ def resolve_config(args: argparse.Namespace, base: C.Config) -> C.Config:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Under torchrun every rank runs this: each joins the process group once
+    its config is known (`launch`), only rank 0 prints results, and an error is one line on
+    stderr and exit code 2 on every rank (errors found by rank 0 alone are shared with the
+    others, see distributed.on_main, so no rank is left waiting)."""
     args = parse_args(argv)
     if not sys.stderr.isatty():  # transformers' own bars would write every redraw into a log file
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+    from . import distributed
+
+    ok = False
     try:
         if args.command == "demo":
             from .demo import demo_config, run_demo
 
-            cfg = resolve_config(args, demo_config(quick=args.quick))
+            cfg = launch(resolve_config(args, demo_config(quick=args.quick)))
             run_demo(cfg, quick=args.quick)
         elif args.command == "train":
-            run_train(resolve_config(args, C.Config()))
+            run_train(launch(resolve_config(args, C.Config())))
         elif args.command == "compare":
+            if distributed.expected_world_size() > 1:
+                raise ValueError("compare runs its methods one after another on one process; launch it "
+                                 "without torchrun / accelerate")
             run_compare(args)
         else:
-            run_eval(resolve_config(args, C.Config()))
+            run_eval(launch(resolve_config(args, C.Config())))
+        ok = True
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        print(f"selfcorrect {args.command}: error: {exc}", file=sys.stderr)
+        print(f"selfcorrect {args.command}: error: {_rank_prefix()}{exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        if not distributed.lost_peer(exc):
+            raise
+        # a collective failed: another rank died or timed out (its own log says why)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"selfcorrect {args.command}: error: {_rank_prefix()}lost contact with another process of the "
+              f"job (it failed, was killed or timed out): {first[:300]}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"selfcorrect {args.command}: interrupted; the last checkpoint is kept", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown(wait=ok)
     return 0
+
+
+def launch(cfg: C.Config) -> C.Config:
+    """Join the process group when launched by torchrun / accelerate (a no-op otherwise), after
+    checking that the launch is what it claims to be (distributed.expected_world_size)."""
+    from . import distributed
+    from .models import pick_device
+
+    distributed.init(cfg.distributed.timeout_s, cuda=pick_device(cfg.model.device).type == "cuda",
+                     group_of_one=cfg.distributed.strategy == "fsdp")
+    return cfg
+
+
+def _rank_prefix() -> str:
+    from . import distributed
+
+    return f"[rank {distributed.rank()}] " if distributed.world_size() > 1 else ""
 
 
 def run_train(cfg: C.Config) -> None:
     """Train cfg.algo.method; every method reads the train split before it loads the model."""
+    from .distributed import say
     from .methods import train_method
 
     with tasks.build_task(cfg.task.name, cfg.task.options) as task:
         spent = train_method(cfg, task)
-    print(f"{cfg.algo.method}: {spent['gradient_updates']} updates, {spent['episodes_sampled']} episodes "
+    say(f"{cfg.algo.method}: {spent['gradient_updates']} updates, {spent['episodes_sampled']} episodes "
           f"in {spent['train_seconds']:.0f} s; model saved to {Path(cfg.run.output_dir) / 'final'}")
 
 
@@ -191,17 +230,18 @@ def run_compare(args: argparse.Namespace) -> None:
 
 def run_eval(cfg: C.Config) -> None:
     """Evaluate (evaluate.evaluate_config) and print the table."""
+    from .distributed import say
     from .evaluate import evaluate_config
     from .metrics import format_table
 
     result = evaluate_config(cfg)
     label = cfg.model.name
-    print(f"\n{cfg.task.name} {cfg.task.test_split}: {result.metrics['n']} problems, {cfg.eval.attempts} attempts")
-    print(format_table([(label, result.metrics)], {label: result.intervals}))
+    say(f"\n{cfg.task.name} {cfg.task.test_split}: {result.metrics['n']} problems, {cfg.eval.attempts} attempts")
+    say(format_table([(label, result.metrics)], {label: result.intervals}))
     if cfg.eval.attempts > 2:
         extra = {k: v for k, v in result.metrics.items() if k.startswith(("acc_t", "delta_t1_t"))}
-        print("  ".join(f"{k}={v * 100:.1f}" for k, v in extra.items()))
-    print(f"per-problem records: {result.folder / 'records.jsonl'}")
+        say("  ".join(f"{k}={v * 100:.1f}" for k, v in extra.items()))
+    say(f"per-problem records: {result.folder / 'records.jsonl'}")
 
 
 if __name__ == "__main__":

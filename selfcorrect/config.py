@@ -54,6 +54,10 @@ class RolloutConfig:
     top_p: float = opt(1.0, "nucleus sampling threshold during training")
     max_new_tokens: int = opt(256, "maximum new tokens per attempt")
     batch_size: int = opt(64, "rows generated at once (memory bound)")
+    seeding: str = opt("auto", "training sampling: stream (one RNG stream per process), problem (each row "
+                       "seeded from the run seed, the problem's position in the data order and the sample "
+                       "number: the same rows at any batch size or world size), or auto (stream on one "
+                       "process, problem when launched on several)", ("auto", "stream", "problem"))
 
 
 METHODS = ("score", "single_turn", "star", "star_plus", "pair_sft", "pair_sft_plus")
@@ -137,6 +141,16 @@ class RunConfig:
 
 
 @dataclass
+class DistributedConfig:
+    strategy: str = opt("ddp", "how the policy is replicated when launched on several processes (torchrun / "
+                        "accelerate launch; ignored on one process): ddp (a full copy per rank, gradients "
+                        "averaged) or fsdp (FULL_SHARD: parameters, gradients and optimizer state sharded; "
+                        "gathered for generation)", ("ddp", "fsdp"))
+    timeout_s: float = opt(1800.0, "seconds a rank waits at a collective before the job fails (a hung or "
+                           "lost rank ends the run instead of stalling it)")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -146,6 +160,7 @@ class Config:
     sft: SftConfig = field(default_factory=SftConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def validate(self) -> "Config":
         """Cross-field checks, with messages that name the key."""
@@ -172,6 +187,7 @@ class Config:
              "eval.method=self_refine makes exactly two attempts; leave eval.attempts at 2"),
             (self.run.save_every >= 1, "run.save_every must be >= 1"),
             (self.run.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
+            (self.distributed.timeout_s > 0, "distributed.timeout_s must be > 0"),
         ]
         for ok, message in checks:
             if not ok:

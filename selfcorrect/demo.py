@@ -32,6 +32,7 @@ def demo_config(quick: bool = False) -> Config:
 
 def run_demo(cfg: Config, quick: bool = False) -> dict:
     from .demo_model import build_demo_base
+    from .distributed import main_first, on_main, say
     from .evaluate import evaluate_config, evaluation_problems
     from .metrics import format_table
     from .models import cache_root, load
@@ -43,32 +44,34 @@ def run_demo(cfg: Config, quick: bool = False) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     with build_task(cfg.task.name, cfg.task.options) as task:
         evaluation_problems(cfg, task)  # the data first: a bad path is reported before the build
-        print(f"[1/4] base model ({'quick build' if quick else cfg.model.name})", flush=True)
+        say(f"[1/4] base model ({'quick build' if quick else cfg.model.name})")
         model_cfg = cfg.model
         if quick and cfg.model.name == "demo":
-            quick_base = build_demo_base(cache_root() / "demo-base-quick", seed=cfg.run.seed, quick=True,
-                                         progress=cfg.run.progress)
+            quick_base = main_first(lambda: build_demo_base(cache_root() / "demo-base-quick", seed=cfg.run.seed,
+                                                            quick=True, progress=cfg.run.progress))
             model_cfg = replace(cfg.model, name=str(quick_base))
         model, tok = load(model_cfg, progress=cfg.run.progress)
-        print(f"[2/4] evaluating the base model on the held-out split ({cfg.task.test_split})", flush=True)
+        say(f"[2/4] evaluating the base model on the held-out split ({cfg.task.test_split})")
         base = evaluate_config(cfg, model=model, tokenizer=tok, task=task, name="base")
-        print(f"      base: Acc@t1 {base.metrics['acc_t1']:.1%}  Acc@t2 {base.metrics['acc_t2']:.1%}", flush=True)
-        print(f"[3/4] SCoRe: Stage I {cfg.algo.stage1_steps} steps, Stage II {cfg.algo.stage2_steps} steps",
-              flush=True)
+        say(f"      base: Acc@t1 {base.metrics['acc_t1']:.1%}  Acc@t2 {base.metrics['acc_t2']:.1%}")
+        say(f"[3/4] SCoRe: Stage I {cfg.algo.stage1_steps} steps, Stage II {cfg.algo.stage2_steps} steps")
         trainer = Trainer(cfg, task, model=model, tokenizer=tok)
         trainer.train()
-        print("[4/4] evaluating the SCoRe model on the held-out split", flush=True)
+        say("[4/4] evaluating the SCoRe model on the held-out split")
         score = evaluate_config(cfg, model=trainer.model, tokenizer=tok, task=task, name="SCoRe")
     table = format_table([("Base", base.metrics), ("SCoRe", score.metrics)],
                          {"Base": base.intervals, "SCoRe": score.intervals})
     minutes = (time.perf_counter() - start) / 60
     summary = (f"Held-out {cfg.task.name} problems: {base.metrics['n']}, greedy, seed {cfg.run.seed}, "
                f"{minutes:.1f} min\n\n{table}\n")
-    (out / "results.md").write_text(summary)
-    (out / "results.json").write_text(json.dumps({"base": base.metrics, "score": score.metrics,
-                                                  "base_intervals": base.intervals,
-                                                  "score_intervals": score.intervals}, indent=1))
-    save_yaml(cfg, out / "config.yaml")
-    print("\n" + summary)
-    print(f"run folder: {out}  (config.yaml, metrics.jsonl, eval/*/records.jsonl, final/)")
+    def write() -> None:
+        (out / "results.md").write_text(summary)
+        (out / "results.json").write_text(json.dumps({"base": base.metrics, "score": score.metrics,
+                                                      "base_intervals": base.intervals,
+                                                      "score_intervals": score.intervals}, indent=1))
+        save_yaml(cfg, out / "config.yaml")
+
+    on_main(write)
+    say("\n" + summary)
+    say(f"run folder: {out}  (config.yaml, metrics.jsonl, eval/*/records.jsonl, final/)")
     return {"base": base.metrics, "score": score.metrics}

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import models
+from . import distributed, models
 from .config import Config, save_yaml
+from .parallel import generation_view
 from .progress import progress as progress_report
-from .results import EvalResult, problem_record, rewards_row, summarise
+from .results import EvalResult, gather_problems, problem_record, rewards_row, summarise
 from .rollout import ChatFormat, SamplingSettings, rollout, verify
 from .tasks import build_task
 from .tasks.base import Problem, Task
@@ -26,17 +27,23 @@ from .tasks.base import Problem, Task
 def evaluate(model, tokenizer, task: Task, problems: list[Problem], *, attempts: int = 2,
              max_new_tokens: int = 256, batch_size: int = 64, bootstrap: int = 1000, seed: int = 0,
              progress: bool = True, desc: str = "eval") -> EvalResult:
-    """Greedy (T = 0) evaluation of `attempts` attempts per problem, as in the paper."""
+    """Greedy (T = 0) evaluation of `attempts` attempts per problem, as in the paper.
+
+    Launched on several processes, each rank evaluates a contiguous block of the problems and
+    the per-problem results are gathered in problem order, so every rank returns exactly the
+    result (and the same bootstrap intervals) one process would."""
     if not problems:
         raise ValueError(f"task {task.name!r}: no problems to evaluate")
     fmt = ChatFormat(tokenizer, model)
     settings = SamplingSettings(greedy=True, max_new_tokens=max_new_tokens)
     model.eval()
-    correct = np.zeros((len(problems), attempts))
+    lo, hi = distributed.shard_bounds(len(problems))
+    mine = problems[lo:hi]
+    correct = np.zeros((len(mine), attempts))
     records: list[dict] = []
-    bar = progress_report(len(problems), desc, enabled=progress)
-    for start in range(0, len(problems), batch_size):
-        chunk = problems[start:start + batch_size]
+    bar = progress_report(len(mine), desc, enabled=progress and distributed.is_main())
+    for start in range(0, len(mine), batch_size):
+        chunk = mine[start:start + batch_size]
         ro = rollout(model, tokenizer, task, chunk, n_attempts=attempts, samples_per_problem=1,
                      settings=settings, batch_size=batch_size, fmt=fmt)
         verify(task, ro)
@@ -45,6 +52,7 @@ def evaluate(model, tokenizer, task: Task, problems: list[Problem], *, attempts:
             records.append(problem_record(problem, ro.texts[j], ro.verdicts[j], ro.attempts[j], ro.truncated[j]))
         bar.update(len(chunk))
     bar.close()
+    correct, records = gather_problems(correct, records)
     metrics, intervals = summarise(correct, records, bootstrap=bootstrap, seed=seed)
     return EvalResult(metrics, intervals, records)
 
@@ -79,30 +87,39 @@ def evaluate_config(cfg: Config, *, model=None, tokenizer=None, task: Task | Non
             from .methods.self_refine import check_applicable, self_refine_evaluate
 
             check_applicable(task)  # before loading a model
+        distributed.init(cfg.distributed.timeout_s, cuda=models.pick_device(cfg.model.device).type == "cuda"
+                         if model is None else next(model.parameters()).device.type == "cuda")
         if model is None:
             model, tokenizer = models.load(cfg.model, progress=cfg.run.progress)
         settings = dict(max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
                         batch_size=cfg.eval.batch_size, bootstrap=cfg.eval.bootstrap, seed=cfg.run.seed,
                         progress=cfg.run.progress, desc=f"eval {label}")
-        if refine:
-            result = self_refine_evaluate(model, tokenizer, task, problems, **settings)
-        else:
-            result = evaluate(model, tokenizer, task, problems, attempts=cfg.eval.attempts, **settings)
-        if cfg.eval.scaling:
-            from .scaling import inference_scaling, write_scaling
+        # an FSDP-sharded model (a policy trained under FSDP) is gathered for the evaluation
+        with generation_view(model):
+            if refine:
+                result = self_refine_evaluate(model, tokenizer, task, problems, **settings)
+            else:
+                result = evaluate(model, tokenizer, task, problems, attempts=cfg.eval.attempts, **settings)
+            if cfg.eval.scaling:
+                from .scaling import inference_scaling, write_scaling
 
-            curves = inference_scaling(model, tokenizer, task, problems, ks=cfg.eval.scaling_k,
-                                       attempts=cfg.eval.scaling_attempts, temperature=cfg.eval.scaling_temperature,
-                                       max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
-                                       batch_size=cfg.eval.batch_size, seed=cfg.run.seed,
-                                       progress=cfg.run.progress, desc=f"scaling {label}")
+                curves = inference_scaling(model, tokenizer, task, problems, ks=cfg.eval.scaling_k,
+                                           attempts=cfg.eval.scaling_attempts,
+                                           temperature=cfg.eval.scaling_temperature,
+                                           max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
+                                           batch_size=cfg.eval.batch_size, seed=cfg.run.seed,
+                                           progress=cfg.run.progress, desc=f"scaling {label}")
     result.folder = Path(folder) if folder is not None else Path(cfg.run.output_dir) / "eval" / _slug(label)
-    if cfg.eval.scaling:
-        write_scaling(curves, result.folder / "scaling.json")
-    result.write_records(result.folder / "records.jsonl")
-    save_yaml(cfg, result.folder / "config.yaml")
-    (result.folder / "metrics.json").write_text(
-        json.dumps({"metrics": result.metrics, "intervals": result.intervals}, indent=1))
+
+    def write() -> None:  # rank 0 writes; every rank holds the same gathered result
+        if cfg.eval.scaling:
+            write_scaling(curves, result.folder / "scaling.json")
+        result.write_records(result.folder / "records.jsonl")
+        save_yaml(cfg, result.folder / "config.yaml")
+        (result.folder / "metrics.json").write_text(
+            json.dumps({"metrics": result.metrics, "intervals": result.intervals}, indent=1))
+
+    distributed.on_main(write)
     return result
 
 

@@ -30,12 +30,17 @@ def cache_root() -> Path:
 
 
 def pick_device(setting: str = "auto") -> torch.device:
-    """'auto' → CUDA when available, else CPU; otherwise the named device, checked."""
+    """'auto' → CUDA when available, else CPU; otherwise the named device, checked. In a
+    data-parallel run 'cuda' means this rank's GPU, cuda:LOCAL_RANK."""
+    from . import distributed
+
     if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        setting = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(setting)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={setting!r} was asked for but CUDA is not available")
+    if device.type == "cuda" and device.index is None and distributed.active():
+        device = torch.device("cuda", distributed.local_rank())
     return device
 
 
@@ -140,7 +145,10 @@ def lora_settings(model_cfg) -> LoraSettings | None:
 def load(model_cfg, *, training: bool = False, progress: bool = True):
     """(model, tokenizer) for a ModelConfig: name resolved, device and dtype picked, and — for
     training only — its LoRA adapter applied. The one way the commands load a model."""
-    path = resolve_model_path(model_cfg.name, progress=progress)
+    from . import distributed
+
+    # rank 0 first: a model that is built or converted on first use is built once, then read
+    path = distributed.main_first(lambda: resolve_model_path(model_cfg.name, progress=progress and distributed.is_main()))
     device = pick_device(model_cfg.device)
     tokenizer = load_tokenizer(path)
     lora = lora_settings(model_cfg) if training else None

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import distributed
 from .metrics import bootstrap_intervals, edit_distance_ratio, self_correction_metrics
 from .tasks.base import Problem, Verdict
 
@@ -56,6 +57,17 @@ def summarise(correct: np.ndarray, records: list[dict], *, bootstrap: int, seed:
             edit_distance_ratio(r["attempts"][0]["text"], r["attempts"][1]["text"]) for r in records]))
     intervals = bootstrap_intervals(correct, n_boot=bootstrap, seed=seed) if bootstrap else {}
     return metrics, intervals
+
+
+def gather_problems(correct: np.ndarray, records: list, *extra: list):
+    """Every rank's per-problem rows, concatenated in rank order (= problem order, since each
+    rank took a contiguous block); the arguments themselves on one process."""
+    if distributed.world_size() == 1:
+        return (correct, records, *extra)
+    parts = distributed.gather_objects((correct.tolist(), records, *extra))
+    width = correct.shape[1]
+    joined = [[row for part in parts for row in part[i]] for i in range(len(parts[0]))]
+    return (np.array(joined[0], dtype=np.float64).reshape(-1, width), *joined[1:])
 
 
 def jsonable(value):

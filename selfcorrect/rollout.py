@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import torch
@@ -182,21 +182,38 @@ def _own_generation_defaults(model):
 
 
 def generate(model, contexts: list[list[int]], settings: SamplingSettings, *, stop_ids,
-             pad_id: int, batch_size: int) -> tuple[list[list[int]], list[bool]]:
+             pad_id: int, batch_size: int, row_seeds: list[int] | None = None) -> tuple[list[list[int]], list[bool]]:
     """Continue each context; return the new ids per row (up to and incl. the first stop token)
     and whether the row was cut at max_new_tokens. Rows are left-padded in batches of
-    `batch_size`. stop_ids: the ids that end a turn (ChatFormat.stop_ids)."""
+    `batch_size`. stop_ids: the ids that end a turn (ChatFormat.stop_ids). row_seeds: when
+    sampling, one seed per row, so each row's tokens depend only on its seed
+    (sampling.GumbelSampler) instead of on the process's RNG stream."""
+    from transformers import LogitsProcessorList
+
+    from .sampling import GumbelSampler
+
     stop_ids = frozenset(stop_ids)
-    gen_cfg = generation_config(settings, stop_ids=stop_ids, pad_id=pad_id)
+    seeded = row_seeds is not None and not settings.greedy
+    if seeded and settings.top_p < 1.0:
+        raise ValueError("per-row seeded sampling draws from the full softmax(z / T); it needs top_p 1.0")
+    if row_seeds is not None and len(row_seeds) != len(contexts):
+        raise ValueError(f"row_seeds has {len(row_seeds)} seeds for {len(contexts)} rows")
+    # seeded: argmax of z / T + the row's own Gumbel noise, i.e. greedy decoding of perturbed logits
+    gen_settings = replace(settings, greedy=True) if seeded else settings
+    gen_cfg = generation_config(gen_settings, stop_ids=stop_ids, pad_id=pad_id)
     device = next(model.parameters()).device
     outputs: list[list[int]] = []
     cut: list[bool] = []
     for start in range(0, len(contexts), batch_size):
         chunk = contexts[start:start + batch_size]
         ids, mask = pad_rows(chunk, pad_id, side="left")
+        extra = {}
+        if seeded:
+            sampler = GumbelSampler(row_seeds[start:start + batch_size], settings.temperature, device)
+            extra["logits_processor"] = LogitsProcessorList([sampler])
         with torch.no_grad(), _own_generation_defaults(model):
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                 generation_config=gen_cfg)
+                                 generation_config=gen_cfg, **extra)
         for row in out[:, ids.shape[1]:].tolist():
             end = next((i for i, t in enumerate(row) if t in stop_ids), None)
             if end is not None:
@@ -226,12 +243,17 @@ def check_context_fits(model, problems: list[Problem], contexts: list[list[int]]
 
 def rollout(model, tokenizer, task: Task, problems: list[Problem], *, n_attempts: int,
             samples_per_problem: int, settings: SamplingSettings, batch_size: int,
-            fmt: ChatFormat | None = None, first_attempts: list[list[int]] | None = None) -> Rollout:
+            fmt: ChatFormat | None = None, first_attempts: list[list[int]] | None = None,
+            row_seeds: list[int] | None = None) -> Rollout:
     """Generate `samples_per_problem` episodes of `n_attempts` attempts for each problem.
 
     Rows are grouped by problem (row b answers problem b // samples_per_problem), which is the
     [P, k] layout RLOO expects. first_attempts: attempt-1 ids per row, taken as given instead of
-    generated (fixed samples of another model: the 'w/o on-policy turn 1' ablation)."""
+    generated (fixed samples of another model: the 'w/o on-policy turn 1' ablation).
+    row_seeds: one seed per row for per-row seeded sampling (see `generate`); attempt a of row b
+    samples with seed mix(row_seeds[b], a)."""
+    from .sampling import row_seed
+
     fmt = fmt or ChatFormat(tokenizer, model)
     pad_id = tokenizer.pad_token_id
     out = Rollout(problems=list(problems),
@@ -252,8 +274,9 @@ def rollout(model, tokenizer, task: Task, problems: list[Problem], *, n_attempts
             cut = [bool(ids) and ids[-1] not in fmt.stop_ids and len(ids) >= settings.max_new_tokens
                    for ids in new_ids]
         else:
+            seeds = None if row_seeds is None else [row_seed(s, attempt) for s in row_seeds]
             new_ids, cut = generate(model, out.rows, settings, stop_ids=fmt.stop_ids, pad_id=pad_id,
-                                    batch_size=batch_size)
+                                    batch_size=batch_size, row_seeds=seeds)
         for b, ids in enumerate(new_ids):
             out.rows[b] += ids
             out.turns[b] += [attempt] * len(ids)

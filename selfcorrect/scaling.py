@@ -34,9 +34,11 @@ from typing import Hashable, Sequence
 
 import torch
 
+from . import distributed
 from .atomic import write_text_atomic
 from .progress import progress as progress_report
 from .rollout import ChatFormat, SamplingSettings, rollout, verify
+from .sampling import row_seed
 from .tasks.base import Problem, Task
 
 DEFAULT_KS = (1, 2, 4, 8, 16)
@@ -203,10 +205,15 @@ def inference_scaling(model, tokenizer, task: Task, problems: list[Problem], *,
     model.eval()
     tables: dict[str, list] = {"par_labels": [], "par_rewards": [], "seq_labels": [], "seq_rewards": [], "by_attempt": []}
     sample = dict(settings=settings, batch_size=batch_size, fmt=fmt)
-    bar = progress_report(len(problems), desc, enabled=progress)
-    with _seeded(seed, model):
-        for start in range(0, len(problems), batch_size):
-            chunk = problems[start:start + batch_size]
+    # several processes: each rank samples a contiguous block with its own stream (so the curves
+    # are as valid as one process's, but not the same draws), gathered in problem order below
+    everything, (lo, hi) = problems, distributed.shard_bounds(len(problems))
+    mine = problems[lo:hi]
+    stream = seed if distributed.world_size() == 1 else row_seed(seed, distributed.rank())
+    bar = progress_report(len(mine), desc, enabled=progress and distributed.is_main())
+    with _seeded(stream, model):
+        for start in range(0, len(mine), batch_size):
+            chunk = mine[start:start + batch_size]
             answers, rewards = sample_episodes(model, tokenizer, task, chunk, n_attempts=1, samples=2 * kmax, **sample)
             tables["par_labels"] += task.vote_classes(chunk, _attempt(answers, 0), _attempt(rewards, 0))
             tables["par_rewards"] += _attempt(rewards, 0)
@@ -219,6 +226,10 @@ def inference_scaling(model, tokenizer, task: Task, problems: list[Problem], *,
                 tables["by_attempt"] += [episode for row in rewards for episode in row]
             bar.update(len(chunk))
     bar.close()
+    if distributed.world_size() > 1:
+        parts = distributed.gather_objects(tables)
+        tables = {key: [row for part in parts for row in part[key]] for key in tables}
+    problems = everything
     parallel, sequential = scaling_curves(ks, tables["par_labels"], tables["par_rewards"], tables["seq_labels"],
                                           tables["seq_rewards"], disjoint=disjoint)
     return {"temperature": float(temperature), "parallel": parallel, "sequential": sequential,

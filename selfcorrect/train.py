@@ -13,6 +13,7 @@ over k samples per problem, per attempt (ICLR version).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import shutil
@@ -23,13 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint, losses, models
+from . import checkpoint, distributed, losses, models
 from .batches import token_logprobs
 from .config import Config, save_yaml
 from .metrics import edit_distance_ratio, self_correction_metrics
 from .optim import adamw, autocast, fp32_master_weights, lr_factor
+from .parallel import Replicated, generation_view
 from .progress import progress
 from .rollout import ChatFormat, SamplingSettings, rollout, verify
+from .sampling import row_seed, text_key
 from .tasks.base import Task
 
 
@@ -60,6 +63,12 @@ class Trainer:
     def __init__(self, cfg: Config, task: Task, model=None, tokenizer=None):
         self.cfg = check_training_config(cfg.validate())
         self.task = task
+        # Launched by torchrun: join the process group (a no-op on one process). Every rank runs
+        # this whole constructor; only rank 0 writes files (distributed.on_main).
+        distributed.init(cfg.distributed.timeout_s, cuda=_wants_cuda(cfg, model),
+                         group_of_one=cfg.distributed.strategy == "fsdp")
+        self.world = distributed.world_size()
+        self.seeding = sampling_mode(cfg, self.world)
         # the data first: a bad path or an empty split is reported before any model is loaded
         self.problems = task.load(cfg.task.train_split)
         if not self.problems:
@@ -78,6 +87,13 @@ class Trainer:
         self.reference = models.Reference(self.model, uses_lora=isinstance(self.model, PeftModel))
         self.compute_dtype = fp32_master_weights(self.model)  # None: plain fp32 compute
         self.fmt = ChatFormat(tokenizer, self.model)
+        # DDP / FSDP wrapper on several processes (the bare model on one); the optimizer comes
+        # after it because FSDP replaces the parameters by their shards
+        self.replicated = Replicated(self.model, cfg.distributed.strategy)
+        if self.replicated.strategy == "fsdp":
+            from .fsdp import shard_reference
+
+            shard_reference(self.reference)
         self.optimizer = adamw(self.model, cfg.optim.lr, cfg.optim.weight_decay)
         warm = cfg.optim.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, 0, warm))
@@ -89,7 +105,7 @@ class Trainer:
             self._resume()
         else:
             self._start_fresh()
-        save_yaml(cfg, self.run_dir / "config.yaml")
+        distributed.on_main(lambda: save_yaml(cfg, self.run_dir / "config.yaml"))
 
     def _match_lora(self, model):
         """Apply cfg.model.lora to a model passed in, or refuse a mismatch it cannot fix."""
@@ -105,27 +121,38 @@ class Trainer:
 
     # ---------------------------------------------------------------- data order
     def next_problems(self) -> list:
-        """The next problems_per_step problems of the seeded data order."""
+        """The next problems_per_step problems of the seeded data order (the whole step's batch:
+        every rank computes the same list from the same seed and position)."""
         batch, self.state["data_position"] = take_problems(
             self.problems, self.cfg.run.seed, self.state["data_position"], self.cfg.optim.problems_per_step)
         return batch
+
+    def _row_seeds(self, positions: list[int]) -> list[int] | None:
+        """Per-row sampling seeds (rollout.seeding problem): row (problem at data position pos,
+        sample j) gets mix(run seed, pos, j), whichever rank generates it. None: the RNG stream."""
+        if self.seeding != "problem":
+            return None
+        k = self.cfg.rollout.samples_per_problem
+        return [row_seed(self.cfg.run.seed, pos, j) for pos in positions for j in range(k)]
 
     # ---------------------------------------------------------------- schedule
     def train(self) -> list[dict]:
         """Run the remaining steps of the plan; checkpoint along the way; save the final model."""
         total = len(self.plan)
-        bar = progress(total, "SCoRe", enabled=self.cfg.run.progress, initial=self.state["step"])
+        main = distributed.is_main()  # the metrics are all-reduced: every rank has the same numbers
+        bar = progress(total, "SCoRe", enabled=self.cfg.run.progress and main, initial=self.state["step"])
         last_reward = f"reward_t{self.cfg.rollout.attempts}"
-        writer = tensorboard_writer(self.run_dir)
-        with open(self.run_dir / "metrics.jsonl", "a") as log:
+        writer = tensorboard_writer(self.run_dir) if main else None
+        with open(self.run_dir / "metrics.jsonl", "a") if main else contextlib.nullcontext() as log:
             while self.state["step"] < total:
                 stage = self.plan[self.state["step"]]
                 metrics = self.step(stage)
                 self.state["step"] += 1
                 metrics["step"] = self.state["step"]
                 self.history.append(metrics)
-                log.write(json.dumps(metrics) + "\n")
-                log.flush()
+                if log is not None:
+                    log.write(json.dumps(metrics) + "\n")
+                    log.flush()
                 if writer is not None:
                     for key, value in metrics.items():
                         if isinstance(value, (int, float)):
@@ -142,13 +169,28 @@ class Trainer:
         bar.close()
         if writer is not None:
             writer.close()
-        models.save_final(self.model, self.tok, self.run_dir / "final")
+        self.save_final(self.run_dir / "final")
         return self.history
+
+    def save_final(self, folder: Path) -> None:
+        """The final model, written by rank 0; the others wait until it is complete."""
+        if self.replicated.strategy == "fsdp":
+            from .fsdp import save_final_sharded
+
+            save_final_sharded(self.replicated, self.tok, folder)
+        else:
+            distributed.on_main(lambda: models.save_final(self.model, self.tok, folder))
 
     # ---------------------------------------------------------------- one step
     def step(self, stage: int) -> dict:
         cfg, timer = self.cfg, PhaseTimer()
-        problems = self.next_problems()
+        first = self.state["data_position"]
+        batch = self.next_problems()
+        # this rank's contiguous block of the step's problems, with all k samples of each, so the
+        # RLOO baselines below need nothing from other ranks
+        lo, hi = distributed.shard_bounds(len(batch))
+        problems = batch[lo:hi]
+        seeds = self._row_seeds(list(range(first + lo, first + hi)))
         k, n_att = cfg.rollout.samples_per_problem, cfg.rollout.attempts
         sampling = SamplingSettings(greedy=False, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                                     max_new_tokens=cfg.rollout.max_new_tokens)
@@ -157,9 +199,10 @@ class Trainer:
         self.model.eval()
         with timer("rollout"), autocast(self.device, self.compute_dtype):
             given = self._base_first_attempts(problems, sampling) if cfg.algo.turn1 == "base" else None
-            ro = rollout(self.model, self.tok, self.task, problems, n_attempts=n_att, samples_per_problem=k,
-                         settings=sampling, batch_size=cfg.rollout.batch_size, fmt=self.fmt,
-                         first_attempts=given)
+            with self.replicated.generation() as policy:
+                ro = rollout(policy, self.tok, self.task, problems, n_attempts=n_att, samples_per_problem=k,
+                             settings=sampling, batch_size=cfg.rollout.batch_size, fmt=self.fmt,
+                             first_attempts=given, row_seeds=seeds)
         if given is not None:  # fixed base-model samples are context here: never trained, no KL
             ro.turns = [[0 if t == 1 else t for t in turns] for turns in ro.turns]
         with timer("verify"):
@@ -176,48 +219,84 @@ class Trainer:
             grad_norm = self._optimizer_step()
         with timer("metrics"):
             metrics = self._metrics(ro, r, stage, loss_value, stats, grad_norm, has, valid)
-        metrics.update({f"time_{name}": round(s, 4) for name, s in timer.seconds.items()})
+        times = {f"time_{name}": s for name, s in timer.seconds.items()}
+        # the step takes as long as its slowest rank
+        metrics.update({key: round(s, 4) for key, s in distributed.all_reduce_sums(times, op="max").items()})
         return metrics
 
     def _accumulate_gradients(self, ro, adv, valid, stage) -> tuple[float, dict]:
+        """Log-probs, loss and backward per micro-batch; returns the step's global loss and stats.
+
+        The maths on N ranks (one process is N = 1, where every collective is the identity):
+        the step's loss is L = Σ_ranks Σ_tokens ℓ / D with D the GLOBAL denominator (attempt
+        tokens, or (row, attempt) means, of all ranks: an all-reduce of the local counts). Rank r
+        back-propagates N · L_r, L_r = its tokens' Σ ℓ / D; DDP / FSDP average the ranks'
+        gradients, so every rank ends with (1/N) Σ_r N ∇L_r = ∇L: exactly the gradient one
+        process computes on the concatenated batch, whatever the shard sizes."""
         cfg = self.cfg
         order = sorted(range(len(ro.rows)), key=lambda i: len(ro.rows[i]))  # similar lengths pad less
         if cfg.algo.reduction == "token":
             denominator = float(sum(sum(1 for t in turns[1:] if t > 0) for turns in ro.turns))
         else:  # one mean per (row, attempt) that has tokens
             denominator = float(sum(len({t for t in turns[1:] if t > 0}) for turns in ro.turns))
-        total, parts = 0.0, []
+        denominator = distributed.all_reduce_sums({"d": denominator})["d"]
         mb = cfg.optim.micro_batch_size
-        for start in range(0, len(order), mb):
-            rows = order[start:start + mb]
-            ids, mask, turns = ro.tensors(rows, self.tok.pad_token_id, self.device)
-            first = int((turns > 0).float().argmax(dim=1).min())  # earliest attempt token of the chunk
-            label_turns = turns[:, first:]
-            with torch.no_grad(), self.reference.active() as ref_model:
-                ref_logp = self.logprobs(ref_model, ids, mask, first)
-            logp = self.logprobs(self.model, ids, mask, first)
-            tok_adv, pg_mask = losses.token_advantages(adv[rows].to(self.device), valid[rows].to(self.device),
-                                                       label_turns)
-            kl_coef = losses.turn_kl_coefficients(label_turns, stage, cfg.algo.beta1, cfg.algo.beta2)
-            loss, stats = losses.policy_loss(logp, ref_logp, tok_adv, pg_mask, kl_coef, label_turns,
-                                             estimator=cfg.algo.kl_estimator, reduction=cfg.algo.reduction,
-                                             denominator=denominator)
-            loss.backward()
-            total += float(loss.detach())
-            parts.append(stats)
+        chunks = [order[start:start + mb] for start in range(0, len(order), mb)]
+        # every rank runs the same number of forward/backward passes (the wrapper's collectives
+        # must match): ranks with fewer micro-batches add zero-weight dummy ones
+        n_passes = int(distributed.all_reduce_max(len(chunks)))
+        total, parts = 0.0, []
+        for i in range(n_passes):
+            with self.replicated.accumulate(sync=i == n_passes - 1):
+                if i >= len(chunks):
+                    self._dummy_pass()
+                    continue
+                rows = chunks[i]
+                ids, mask, turns = ro.tensors(rows, self.tok.pad_token_id, self.device)
+                first = int((turns > 0).float().argmax(dim=1).min())  # earliest attempt token of the chunk
+                label_turns = turns[:, first:]
+                with torch.no_grad(), self.reference.active() as ref_model:
+                    ref_logp = self.logprobs(ref_model, ids, mask, first)
+                logp = self.logprobs(self.replicated.train_model, ids, mask, first)
+                tok_adv, pg_mask = losses.token_advantages(adv[rows].to(self.device), valid[rows].to(self.device),
+                                                           label_turns)
+                kl_coef = losses.turn_kl_coefficients(label_turns, stage, cfg.algo.beta1, cfg.algo.beta2)
+                loss, stats = losses.policy_loss(logp, ref_logp, tok_adv, pg_mask, kl_coef, label_turns,
+                                                 estimator=cfg.algo.kl_estimator, reduction=cfg.algo.reduction,
+                                                 denominator=max(denominator, 1.0))
+                (loss * self.replicated.grad_scale if self.world > 1 else loss).backward()
+                total += float(loss.detach())
+                parts.append(stats)
+        if self.world > 1:  # the step's statistics are sums: add every rank's micro-batches
+            parts = [part for rank_parts in distributed.gather_objects(parts) for part in rank_parts]
+            total = distributed.all_reduce_sums({"loss": total})["loss"]
         return total, losses.combine_stats(parts)
+
+    def _dummy_pass(self) -> None:
+        """A zero-weight micro-batch: the reference and policy forwards and a backward of 0 · Σ logp,
+        so this rank joins the gradient collective while adding exactly zero to every gradient."""
+        ids = torch.tensor([[self.tok.eos_token_id] * 2], device=self.device)
+        mask = torch.ones_like(ids)
+        with torch.no_grad(), self.reference.active() as ref_model:
+            self.logprobs(ref_model, ids, mask, 1)
+        (self.logprobs(self.replicated.train_model, ids, mask, 1).sum() * 0.0).backward()
 
     def _base_first_attempts(self, problems, sampling) -> list[list[int]]:
         """Attempt-1 ids per row drawn from the base (reference) model, sampled once per problem
         and reused when a problem comes back (kept in memory: a resumed run draws new ones)."""
         k = self.cfg.rollout.samples_per_problem
         missing = list({p.id: p for p in problems if p.id not in self.base_turn1}.values())
-        if missing:
-            with self.reference.active() as base:
+        # seeded by problem id, not position: a problem seen again on another rank draws the same
+        seeds = (None if self.seeding != "problem" else
+                 [row_seed(self.cfg.run.seed, text_key(p.id), j, 1 << 20) for p in missing for j in range(k)])
+        # every rank enters (an FSDP reference is gathered: a collective), even with nothing to draw
+        with self.reference.active() as base, generation_view(base):
+            if missing:
                 ro = rollout(base, self.tok, self.task, missing, n_attempts=1, samples_per_problem=k,
-                             settings=sampling, batch_size=self.cfg.rollout.batch_size, fmt=self.fmt)
-            for j, p in enumerate(missing):
-                self.base_turn1[p.id] = [ro.attempts[j * k + s][0] for s in range(k)]
+                             settings=sampling, batch_size=self.cfg.rollout.batch_size, fmt=self.fmt,
+                             row_seeds=seeds)
+                for j, p in enumerate(missing):
+                    self.base_turn1[p.id] = [ro.attempts[j * k + s][0] for s in range(k)]
         return [ids for p in problems for ids in self.base_turn1[p.id]]
 
     def logprobs(self, model, ids, mask, first) -> torch.Tensor:
@@ -227,57 +306,96 @@ class Trainer:
             return token_logprobs(model, ids, mask, first, temperature=self.cfg.rollout.temperature)
 
     def _optimizer_step(self) -> float:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        clip = self.cfg.optim.max_grad_norm
-        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+        # the gradients are the global ones on every rank, so every rank makes the same update
+        norm = self.replicated.clip_grad_norm(self.cfg.optim.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+        return norm
 
     def _metrics(self, ro, r, stage, loss_value, stats, grad_norm, has, valid) -> dict:
+        """The step's metrics over the whole batch: every rank's rows are gathered (in rank order,
+        which is the batch order), so every rank computes the same numbers, and they are those one
+        process would compute on the concatenated batch."""
         n_att = ro.n_attempts
+        mine = {"r": r.tolist(), "len": [[len(a) for a in x] for x in ro.attempts], "truncated": ro.truncated,
+                "no_baseline": int((has & ~valid).sum()), "tokens": ro.generated_tokens,
+                "seconds": ro.generation_seconds,
+                # characters, as in evaluation; computed where the texts are
+                "edit": [edit_distance_ratio(x[0], x[1]) for x in ro.texts] if n_att > 1 else []}
+        ranks = distributed.gather_objects(mine)
+        r = torch.tensor([row for part in ranks for row in part["r"]], dtype=torch.float32)
+        lengths = [row for part in ranks for row in part["len"]]
+        truncated = [row for part in ranks for row in part["truncated"]]
         m = {"stage": stage, "loss": loss_value, "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0]}
         for a in range(n_att):
             col = r[:, a]
             m[f"reward_t{a + 1}"] = float(torch.nan_to_num(col, nan=0.0).mean())
-            m[f"len_t{a + 1}"] = float(np.mean([len(x[a]) for x in ro.attempts]))
-            m[f"truncated_t{a + 1}"] = float(np.mean([x[a] for x in ro.truncated]))
+            m[f"len_t{a + 1}"] = float(np.mean([x[a] for x in lengths]))
+            m[f"truncated_t{a + 1}"] = float(np.mean([x[a] for x in truncated]))
         m.update({key: value for key, value in self_correction_metrics(r.numpy()).items()
                   if key.startswith(("acc", "delta"))})
         # attempts the verifier failed on (reward None): excluded from baselines and the loss
         m["none_rewards"] = int(torch.isnan(r).sum())
         # rewarded attempts left without a baseline (no other rewarded sample of the problem)
-        m["no_baseline_attempts"] = int((has & ~valid).sum())
-        if n_att > 1:  # characters, as in evaluation
-            m["edit_ratio"] = float(np.mean([edit_distance_ratio(x[0], x[1]) for x in ro.texts]))
+        m["no_baseline_attempts"] = sum(part["no_baseline"] for part in ranks)
+        if n_att > 1:
+            m["edit_ratio"] = float(np.mean([e for part in ranks for e in part["edit"]]))
         m.update({k: v for k, v in stats.items() if not k.startswith(("kl_sum_t", "n_tokens_t"))})
-        m["gen_tokens_per_s"] = ro.generated_tokens / max(ro.generation_seconds, 1e-9)
+        # all ranks' tokens over the slowest rank's generation time
+        m["gen_tokens_per_s"] = (sum(part["tokens"] for part in ranks)
+                                 / max(max(part["seconds"] for part in ranks), 1e-9))
         return m
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path:
-        return checkpoint.save(self.run_dir, self.state["step"], self.model, self.optimizer, self.scheduler,
-                               dict(self.state, plan=self.plan), self.cfg.run.keep_checkpoints)
+        """Rank 0 writes the checkpoint (the model and optimizer are the same on every rank; each
+        rank's RNG state is kept); the others wait until it is complete, so none can read a
+        half-written one."""
+        state = dict(self.state, plan=self.plan, world_size=self.world)
+        rngs = distributed.gather_objects(checkpoint.rng_state()) if self.world > 1 else None
+        full = {}
+        if self.replicated.strategy == "fsdp":
+            from .fsdp import full_state
+
+            full = full_state(self.replicated, self.optimizer)  # a collective: all ranks take part
+        return distributed.on_main(lambda: checkpoint.save(
+            self.run_dir, self.state["step"], self.model, self.optimizer, self.scheduler, state,
+            self.cfg.run.keep_checkpoints, rng_by_rank=rngs, **full))
 
     def _start_fresh(self) -> None:
-        start_fresh(self.run_dir, self.cfg.run.overwrite)
+        distributed.on_main(lambda: start_fresh(self.run_dir, self.cfg.run.overwrite))
 
     def _resume(self) -> None:
         folder = checkpoint.latest(self.run_dir)
         if folder is None:
             raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}")
-        state = checkpoint.load(folder, self.model, self.optimizer, self.scheduler)
+        saved_world = checkpoint.read_state(folder).get("world_size", 1)
+        if saved_world != self.world:
+            raise ValueError(f"--resume: {folder} was written by a run on {saved_world} process(es) and this "
+                             f"launch has {self.world}; resume with the same number of processes "
+                             f"(torchrun --nnodes x --nproc_per_node = {saved_world})")
+        restore = None
+        if self.replicated.strategy == "fsdp":
+            from .fsdp import restore_full_state
+
+            def restore(weights, optim_state):  # full tensors into this rank's shards
+                restore_full_state(self.replicated, self.optimizer, weights, optim_state)
+        state = checkpoint.load(folder, self.model, self.optimizer, self.scheduler, rank=distributed.rank(),
+                                restore=restore)
+        state.pop("world_size", None)
         if state.pop("plan") != self.plan:
             raise ValueError(f"--resume: {folder} was made with another stage plan "
                              "(algo.stage1_steps / stage2_steps / interleave changed)")
         self.state = state
-        # metrics logged after this checkpoint by the interrupted run would be repeated: drop them
-        log = self.run_dir / "metrics.jsonl"
-        if log.exists():
-            kept = [line for line in log.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= state["step"]]
-            log.write_text("".join(line + "\n" for line in kept))
+        distributed.on_main(lambda: drop_metrics_after(self.run_dir / "metrics.jsonl", state["step"]))
+
+
+def drop_metrics_after(log: Path, step: int) -> None:
+    """Metrics logged after the resumed checkpoint by the interrupted run would be repeated: drop them."""
+    if log.exists():
+        kept = [line for line in log.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        log.write_text("".join(line + "\n" for line in kept))
 
 
 def start_fresh(run_dir: Path, overwrite: bool) -> None:
@@ -302,6 +420,27 @@ def take_problems(problems: list, seed: int, position: int, count: int) -> tuple
         order = np.random.default_rng([seed, epoch]).permutation(n)
         batch.append(problems[order[i]])
     return batch, position + count
+
+
+def sampling_mode(cfg: Config, world: int) -> str:
+    """'stream' or 'problem' (rollout.seeding; see sampling.py)."""
+    if cfg.optim.problems_per_step < world:
+        raise ValueError(f"optim.problems_per_step={cfg.optim.problems_per_step} is the whole step's batch, split "
+                         f"over {world} processes: it must be at least the number of processes")
+    mode = cfg.rollout.seeding
+    if mode == "auto":
+        return "problem" if world > 1 else "stream"
+    if mode == "stream" and world > 1:
+        raise ValueError("rollout.seeding stream cannot be used on several processes (each rank's stream would "
+                         "make the samples depend on the world size); use problem or auto")
+    return mode
+
+
+def _wants_cuda(cfg: Config, model) -> bool:
+    """Whether this run's model lives on a GPU (chooses NCCL over gloo)."""
+    if model is not None:
+        return next(model.parameters()).device.type == "cuda"
+    return models.pick_device(cfg.model.device).type == "cuda"
 
 
 def check_training_config(cfg: Config) -> Config:

@@ -30,11 +30,16 @@ DESCRIPTIONS = {
 
 def train_method(cfg: Config, task, model=None, tokenizer=None) -> dict:
     """Train cfg.algo.method on `task`; write the run folder; return summary.json's contents."""
-    from .. import models
-    from ..train import Trainer, check_training_config, start_fresh
+    from .. import distributed, models
+    from ..train import Trainer, _wants_cuda, check_training_config, start_fresh
 
     method = cfg.algo.method
     cfg = check_training_config(cfg.validate())
+    distributed.init(cfg.distributed.timeout_s, cuda=_wants_cuda(cfg, model),
+                     group_of_one=cfg.distributed.strategy == "fsdp")
+    if distributed.world_size() > 1 and (method not in ("score", "single_turn") or cfg.algo.stage2 == "star"):
+        raise ValueError(f"algo.method={method}" + (" with algo.stage2 star" if method == "score" else "")
+                         + " runs on one process only; launch it without torchrun / accelerate")
     run_dir = Path(cfg.run.output_dir)
     start = time.perf_counter()
     if method in ("score", "single_turn"):
@@ -75,7 +80,7 @@ def train_method(cfg: Config, task, model=None, tokenizer=None) -> dict:
         trainer = None
     summary = {"method": method, "ablation": ablation_name(cfg), **spent,
                "train_seconds": round(time.perf_counter() - start, 1), "done": True}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    distributed.on_main(lambda: (run_dir / "summary.json").write_text(json.dumps(summary, indent=1)))
     return summary
 
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..results import EvalResult, problem_record, rewards_row, summarise
+from .. import distributed
+from ..results import EvalResult, gather_problems, problem_record, rewards_row, summarise
 from ..progress import progress as progress_report
 from ..rollout import ChatFormat, SamplingSettings, check_context_fits, generate
 from ..tasks.base import Problem, Task
@@ -89,10 +90,13 @@ def self_refine_evaluate(model, tokenizer, task: Task, problems: list[Problem], 
     def text(ids: list[int]) -> str:
         return tokenizer.decode(ids, skip_special_tokens=True)
 
+    # several processes: each rank a contiguous block, gathered in problem order (as `evaluate`)
+    lo, hi = distributed.shard_bounds(len(problems))
+    problems = problems[lo:hi]
     correct = np.zeros((len(problems), 2))
     says = np.zeros(len(problems), dtype=bool)
     records: list[dict] = []
-    bar = progress_report(len(problems), desc, enabled=progress)
+    bar = progress_report(len(problems), desc, enabled=progress and distributed.is_main())
     for start in range(0, len(problems), batch_size):
         chunk = problems[start:start + batch_size]
         firsts = [fmt.first_ids(task.first_turn(p)) for p in chunk]
@@ -124,6 +128,8 @@ def self_refine_evaluate(model, tokenizer, task: Task, problems: list[Problem], 
                             "feedback_truncated": fb_cut[j], "feedback_says_correct": stop[j]})
         bar.update(len(chunk))
     bar.close()
+    correct, records, says = gather_problems(correct, records, says.tolist())
+    says = np.asarray(says, dtype=bool)
     metrics, intervals = summarise(correct, records, bootstrap=bootstrap, seed=seed)
     metrics["samples_per_problem_mean"] = float(np.mean(3 - says.astype(np.float64)))
     metrics["feedback_says_correct"] = float(says.mean())
