@@ -37,8 +37,21 @@ DESCRIPTIONS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is ONE line on stderr (`selfcorrect train: error: ...`, no usage
+    block) and exit code 2, like every other bad-input error of the commands."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def one_line(text: object) -> str:
+    """A message on one line: errors of the commands are one line on stderr, whatever raised them."""
+    return " ".join(str(text).split())
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="selfcorrect", description="Train language models to correct their own mistakes with SCoRe "
         "(two-stage multi-turn RL), and measure how well any model self-corrects. "
         "`selfcorrect COMMAND --help` lists every option.")
@@ -103,14 +116,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             key, has_value, value = flag[2:].partition("=")
             if not has_value:
                 if not unknown:
-                    parser.error(f"argument {flag}: expected one argument")
+                    _command_parser(parser, args).error(f"argument {flag}: expected one argument")
                 value = unknown.pop(0)
             setattr(args, key, value)
         else:
             rest.append(flag)
     if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        _command_parser(parser, args).error(f"unrecognized arguments: {' '.join(rest)}")
     return args
+
+
+def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The subcommand's parser, so an error reads `selfcorrect train: error: ...`."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(getattr(args, "command", None), parser)
+    return parser
 
 
 def resolve_config(args: argparse.Namespace, base: C.Config) -> C.Config:
@@ -135,7 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     its config is known (`launch`), only rank 0 prints results, and an error is one line on
     stderr and exit code 2 on every rank (errors found by rank 0 alone are shared with the
     others, see distributed.on_main, so no rank is left waiting)."""
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:  # a usage error (one line, already printed) or --help
+        return exc.code if isinstance(exc.code, int) else 2
     if not sys.stderr.isatty():  # transformers' own bars would write every redraw into a log file
         from transformers.utils import logging as hf_logging
 
@@ -159,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run_eval(launch(resolve_config(args, C.Config())))
         ok = True
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        print(f"selfcorrect {args.command}: error: {_rank_prefix()}{exc}", file=sys.stderr)
+    except (ValueError, OSError) as exc:  # bad input: a config, a data file, a model folder, a path
+        print(f"selfcorrect {args.command}: error: {_rank_prefix()}{one_line(exc)}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
         if not distributed.lost_peer(exc):
@@ -219,13 +243,55 @@ def run_compare(args: argparse.Namespace) -> None:
         seeds = split(args.seeds, int)
     except ValueError:
         raise ValueError(f"--seeds {args.seeds!r}: expected comma-separated integers") from None
+    import yaml
+
+    if args.seeds is not None and not seeds:
+        raise ValueError(f"--seeds {args.seeds!r}: expected comma-separated integers")
     with as_file(files("selfcorrect") / "recipes" / "compare-demo.yaml") as default:
-        comparison = load_comparison(args.config or default, quick=args.quick, seeds=seeds,
-                                     methods=split(args.methods), output_dir=args.output)
+        path = Path(args.config or default)
+        try:
+            comparison = load_comparison(path, quick=args.quick, seeds=seeds,
+                                         methods=split(args.methods), output_dir=args.output)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"comparison file {path}:{C.yaml_error_where(exc)} not valid YAML: "
+                             f"{getattr(exc, 'problem', None) or type(exc).__name__}") from None
+    if not comparison.seeds:
+        raise ValueError(f"comparison file {path}: no seeds to run")
     if args.quick and not args.output:
         comparison.output_dir = comparison.output_dir.with_name(comparison.output_dir.name + "-quick")
+    check_comparison(comparison)
     md, html = run_comparison(comparison)
     print(f"report: {md}\n        {html}")
+
+
+def check_comparison(comparison) -> None:
+    """What `selfcorrect train` and `eval` check before a model is loaded, for every method of a
+    comparison, before its output folder is written: every method's config, its test split (and
+    train split when it trains), then the base model's folder, tokenizer and context window."""
+    from . import models
+    from .compare import UNTRAINED, method_config
+    from .evaluate import evaluation_problems
+    from .train import check_training_config
+
+    checked: dict[tuple, list] = {}
+    base = comparison.base
+    for name in comparison.methods:
+        cfg = method_config(comparison, name, comparison.seeds[0])
+        if name not in UNTRAINED:
+            check_training_config(cfg)
+        key = (cfg.task.name, repr(sorted(cfg.task.options.items())), cfg.task.test_split,
+               cfg.task.train_split if name not in UNTRAINED else None)
+        if key in checked:
+            continue
+        with tasks.build_task(cfg.task.name, cfg.task.options) as task:
+            problems = evaluation_problems(cfg, task)
+            if name not in UNTRAINED and not task.load(cfg.task.train_split):
+                raise ValueError(f"task {task.name!r} split {cfg.task.train_split!r} has no problems")
+            checked[key] = problems
+            if len(checked) == 1:  # the model once, against the base task's prompts
+                tokens = base.eval.max_new_tokens or base.rollout.max_new_tokens
+                models.preflight(base.model, task, problems, max_new_tokens=max(tokens, base.rollout.max_new_tokens),
+                                 key="eval.max_new_tokens / rollout.max_new_tokens", progress=base.run.progress)
 
 
 def run_eval(cfg: C.Config) -> None:

@@ -170,29 +170,55 @@ class Config:
             (self.rollout.temperature > 0, "rollout.temperature must be > 0 for training"),
             (0 < self.rollout.top_p <= 1, "rollout.top_p must be in (0, 1]"),
             (self.rollout.max_new_tokens > 0, "rollout.max_new_tokens must be > 0"),
-            (self.algo.stage1_steps >= 0 and self.algo.stage2_steps >= 0, "algo.stage*_steps must be >= 0"),
+            (self.rollout.batch_size >= 1, "rollout.batch_size must be >= 1"),
+            (self.algo.stage1_steps >= 0, f"algo.stage1_steps must be >= 0, got {self.algo.stage1_steps}"),
+            (self.algo.stage2_steps >= 0, f"algo.stage2_steps must be >= 0, got {self.algo.stage2_steps}"),
+            (self.algo.alpha >= 0, f"algo.alpha must be >= 0, got {self.algo.alpha}"),
             (self.algo.interleave >= 1, "algo.interleave must be >= 1"),
             (self.algo.beta1 >= 0 and self.algo.beta2 >= 0, "algo.beta1 / algo.beta2 must be >= 0"),
             (self.optim.lr > 0, "optim.lr must be > 0"),
+            (self.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
+            (self.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
+            (self.optim.max_grad_norm >= 0, "optim.max_grad_norm must be >= 0 (0 = off)"),
+            (self.model.lora_r >= 1, "model.lora_r must be >= 1"),
+            (0 <= self.model.lora_dropout < 1, "model.lora_dropout must be in [0, 1)"),
             (self.optim.problems_per_step >= 1, "optim.problems_per_step must be >= 1"),
             (self.optim.micro_batch_size >= 1, "optim.micro_batch_size must be >= 1"),
             (self.sft.lr > 0, "sft.lr must be > 0"),
             (self.sft.batch_size >= 1 and self.sft.micro_batch_size >= 1, "sft.batch_size / sft.micro_batch_size must be >= 1"),
             (self.sft.iterations >= 1, "sft.iterations must be >= 1"),
+            (self.sft.warmup_steps >= 0, "sft.warmup_steps must be >= 0"),
             (self.sft.epochs > 0, "sft.epochs must be > 0"),
             (self.eval.attempts >= 1, "eval.attempts must be >= 1"),
             (self.eval.limit >= 0, "eval.limit must be >= 0"),
+            (self.eval.max_new_tokens >= 0, "eval.max_new_tokens must be >= 0 (0 = rollout.max_new_tokens)"),
+            (self.eval.batch_size >= 1, "eval.batch_size must be >= 1"),
+            (self.eval.bootstrap >= 0, "eval.bootstrap must be >= 0"),
+            (self.eval.scaling_attempts >= 0, "eval.scaling_attempts must be >= 0"),
+            (_positive_ints(self.eval.scaling_k),
+             f"eval.scaling_k must be comma-separated integers >= 1, got {self.eval.scaling_k!r}"),
             (self.eval.scaling_temperature > 0, "eval.scaling_temperature must be > 0"),
             (self.eval.method == "standard" or self.eval.attempts == 2,
              "eval.method=self_refine makes exactly two attempts; leave eval.attempts at 2"),
             (self.run.save_every >= 1, "run.save_every must be >= 1"),
             (self.run.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
+            (not (self.run.resume and self.run.overwrite),
+             "run.resume and run.overwrite contradict each other (continue the run, or replace it?); set one"),
+            (bool(self.run.output_dir.strip()), "run.output_dir must not be empty"),
+            (bool(self.task.train_split.strip()) and bool(self.task.test_split.strip()),
+             "task.train_split / task.test_split must not be empty"),
             (self.distributed.timeout_s > 0, "distributed.timeout_s must be > 0"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
         return self
+
+
+def _positive_ints(text: str) -> bool:
+    """Whether `text` is comma-separated integers >= 1 (eval.scaling_k)."""
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    return bool(parts) and all(p.isdigit() and int(p) >= 1 for p in parts)
 
 
 def _check_type(key: str, value: Any, annotation: Any, choices) -> Any:
@@ -212,14 +238,18 @@ def _check_type(key: str, value: Any, annotation: Any, choices) -> Any:
 def from_dict(data: dict, base: Config | None = None) -> Config:
     """Merge a nested dict (e.g. a YAML file) into `base`, rejecting unknown keys and bad types."""
     cfg = base or Config()
+    if data is None:
+        return cfg
     if not isinstance(data, dict):
-        raise ValueError(f"config must be a mapping of sections, got {type(data).__name__}")
+        raise ValueError(f"config must be a mapping of sections (model:, task:, ...), got a {type(data).__name__}")
     sections = {f.name for f in dataclasses.fields(Config)}
     for section, values in data.items():
         if section not in sections:
             raise ValueError(f"unknown config section {section!r}; known: {sorted(sections)}")
+        if values is None:
+            continue  # an empty section (`eval:` with nothing under it)
         if not isinstance(values, dict):
-            raise ValueError(f"config section {section!r} must be a mapping")
+            raise ValueError(f"config section {section!r} must be a mapping, got {values!r:.60}")
         for key, value in values.items():
             set_value(cfg, f"{section}.{key}", value)
     return cfg
@@ -247,14 +277,34 @@ def load_yaml(path: str | Path, base: Config | None = None) -> Config:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"config file {path} is not valid YAML: {exc}") from exc
+    data = read_yaml(path, "config file")
     try:
         return from_dict(data, base)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from exc
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """The YAML document in `path` (None when empty); a one-line ValueError naming the file and
+    the line for a directory, bytes that are not UTF-8, or invalid YAML."""
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a directory, not a YAML file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ValueError(f"{what} {path}:{line}: not UTF-8 text") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{what} {path}:{yaml_error_where(exc)} not valid YAML: "
+                         f"{getattr(exc, 'problem', None) or type(exc).__name__}") from None
+
+
+def yaml_error_where(exc: Exception) -> str:
+    """'LINE:' of a YAML error (1-based), or '' when it has no position."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    return f"{mark.line + 1}:" if mark is not None else ""
 
 
 def to_dict(cfg: Config) -> dict:

@@ -89,7 +89,10 @@ def evaluate_config(cfg: Config, *, model=None, tokenizer=None, task: Task | Non
             check_applicable(task)  # before loading a model
         distributed.init(cfg.distributed.timeout_s, cuda=models.pick_device(cfg.model.device).type == "cuda"
                          if model is None else next(model.parameters()).device.type == "cuda")
-        if model is None:
+        if model is None:  # the model's folder, tokenizer and context window, before its weights
+            key = "eval.max_new_tokens" if cfg.eval.max_new_tokens else "rollout.max_new_tokens"
+            models.preflight(cfg.model, task, problems, max_new_tokens=cfg.eval.max_new_tokens
+                             or cfg.rollout.max_new_tokens, key=key, progress=cfg.run.progress)
             model, tokenizer = models.load(cfg.model, progress=cfg.run.progress)
         settings = dict(max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
                         batch_size=cfg.eval.batch_size, bootstrap=cfg.eval.bootstrap, seed=cfg.run.seed,

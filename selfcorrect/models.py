@@ -107,10 +107,28 @@ class LoraSettings:
     target_modules: str = "all-linear"
 
 
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _where(path: str) -> str:
+    """How a message names a model: its folder, or the hub id."""
+    return f"model folder {path}" if Path(path).expanduser().is_dir() else f"model {path!r}"
+
+
 def load_tokenizer(path: str):
+    """The model's tokenizer, left-padded; pad = eos when it has no pad token. A folder without
+    a usable tokenizer (or a hub id that cannot be fetched) is a one-line ValueError naming it."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except Exception as exc:  # OSError (no files), ValueError / TypeError / KeyError (a broken or odd folder)
+        raise ValueError(f"{_where(path)}: cannot load its tokenizer (tokenizer.json / tokenizer_config.json "
+                         f"missing or broken?): {type(exc).__name__}: {_one_line(exc)}") from None
+    if isinstance(tok, bool) or not hasattr(tok, "eos_token_id"):
+        raise ValueError(f"{_where(path)}: no tokenizer found (tokenizer.json / tokenizer_config.json)")
     if tok.eos_token_id is None:
         raise ValueError(f"tokenizer of {path} has no eos token: generation could never stop")
     if tok.pad_token_id is None:
@@ -123,7 +141,11 @@ def load_policy(path: str, device: torch.device, dtype: torch.dtype, lora: LoraS
     """The trainable policy. With `lora`, a peft model whose base weights are frozen."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError, KeyError) as exc:  # no weights, a config of an unknown architecture, ...
+        raise ValueError(f"{_where(path)}: cannot load the model: {type(exc).__name__}: {_one_line(exc)}") from None
+    model = model.to(device)
     return apply_lora(model, lora) if lora is not None else model
 
 
@@ -153,6 +175,80 @@ def load(model_cfg, *, training: bool = False, progress: bool = True):
     tokenizer = load_tokenizer(path)
     lora = lora_settings(model_cfg) if training else None
     return load_policy(path, device, pick_dtype(model_cfg.dtype, device), lora), tokenizer
+
+
+# ----------------------------------------------------------------------------- checks before loading weights
+
+#: config.json fields that hold a model's context window, by architecture family
+CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+
+#: how many of the longest prompts (by characters) are tokenized to check the context window
+PROMPTS_CHECKED = 64
+
+
+def context_window(path: str) -> int | None:
+    """The model's context window from its config.json (None when the config names none).
+    A config that cannot be read is a one-line ValueError naming the model."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as exc:  # OSError: not found / offline; ValueError: unknown model_type or bad JSON
+        if Path(path).expanduser().is_dir():
+            raise ValueError(f"model folder {path}: config.json cannot be read: {_one_line(exc)}") from None
+        raise ValueError(f"model {path!r} is not a local folder, and loading it from the Hugging Face hub "
+                         f"failed: {_one_line(exc)}") from None
+    config = getattr(config, "text_config", None) or config
+    for name in CONTEXT_FIELDS:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def check_prompts(tokenizer, task, problems, *, context: int | None, max_new_tokens: int, key: str,
+                  model_name: str) -> None:
+    """Refuse, before any weights are loaded or anything generated, a max_new_tokens that does
+    not fit the context window, and a problem whose prompt plus one attempt would not fit
+    (naming the problem). The PROMPTS_CHECKED longest prompts (by characters) are tokenized."""
+    if not context:
+        return
+    if max_new_tokens >= context:
+        raise ValueError(f"{key}={max_new_tokens} does not fit the context window of model {model_name} "
+                         f"({context} tokens, prompt included); lower {key}")
+    from .rollout import ChatFormat
+
+    fmt = ChatFormat(tokenizer)
+    turns = [(problem, task.first_turn(problem)) for problem in problems]
+    turns.sort(key=lambda item: -sum(len(str(m.get("content", ""))) for m in item[1]))
+    for problem, messages in turns[:PROMPTS_CHECKED]:
+        try:
+            n = len(fmt.first_ids(messages))
+        except Exception as exc:  # a chat template that rejects the task's messages
+            raise ValueError(f"model {model_name}: its chat template cannot render problem {problem.id!r}: "
+                             f"{type(exc).__name__}: {_one_line(exc)}") from None
+        if n >= context:
+            raise ValueError(f"problem {problem.id!r}: its prompt is {n} tokens, longer than the context window "
+                             f"of model {model_name} ({context} tokens); shorten or drop it")
+        if n + max_new_tokens > context:
+            raise ValueError(f"problem {problem.id!r}: its prompt ({n} tokens) + {key}={max_new_tokens} exceeds "
+                             f"the context window of model {model_name} ({context} tokens); lower {key} or "
+                             "shorten the prompt")
+
+
+def preflight(model_cfg, task, problems, *, max_new_tokens: int, key: str, progress: bool = True) -> None:
+    """Everything about the model that can be checked without its weights: the name resolves to
+    a folder (or a reachable hub id) with a readable config.json and tokenizer, the device and
+    dtype exist, and the prompts plus `max_new_tokens` fit its context window. Called after the
+    data is read and before a run folder is written or weights are loaded."""
+    from . import distributed
+
+    pick_dtype(model_cfg.dtype, pick_device(model_cfg.device))
+    path = distributed.main_first(lambda: resolve_model_path(model_cfg.name, progress=progress and distributed.is_main()))
+    context = context_window(path)
+    tokenizer = load_tokenizer(path)
+    check_prompts(tokenizer, task, problems, context=context, max_new_tokens=max_new_tokens, key=key,
+                  model_name=model_cfg.name)
 
 
 class Reference:

@@ -73,6 +73,9 @@ class Trainer:
         self.problems = task.load(cfg.task.train_split)
         if not self.problems:
             raise ValueError(f"task {task.name!r} split {cfg.task.train_split!r} has no problems")
+        if model is None:  # the model's folder, tokenizer and context window, before any file is written
+            models.preflight(cfg.model, task, self.problems, max_new_tokens=cfg.rollout.max_new_tokens,
+                             key="rollout.max_new_tokens", progress=cfg.run.progress)
         self.run_dir = Path(cfg.run.output_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         seed_everything(cfg.run.seed)

@@ -67,6 +67,9 @@ def train_method(cfg: Config, task, model=None, tokenizer=None) -> dict:
         problems = task.load(cfg.task.train_split)  # the data first, before any model
         if not problems:
             raise ValueError(f"task {task.name!r} split {cfg.task.train_split!r} has no problems")
+        if model is None:  # the model's folder, tokenizer and context window, before any file is written
+            models.preflight(cfg.model, task, problems, max_new_tokens=cfg.rollout.max_new_tokens,
+                             key="rollout.max_new_tokens", progress=cfg.run.progress)
         run_dir.mkdir(parents=True, exist_ok=True)
         start_fresh(run_dir, cfg.run.overwrite or cfg.run.resume)  # SFT baselines restart when resumed
         if model is None:

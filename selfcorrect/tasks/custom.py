@@ -194,8 +194,20 @@ class CustomTask(Task):
             raise ValueError(f"custom task: no file for split {split!r}; set task option {split}_path")
         question, answer, ident = self.fields
         problems = []
+        first_line: dict[str, int] = {}  # id -> the line that first used it
         for number, row in read_rows(path):
             require_fields(row, (question, answer), f"{path}:{number}")
+            if not isinstance(row[question], (str, int, float)) or isinstance(row[question], bool):
+                raise ValueError(f"{path}:{number}: field {question!r} must be text, got "
+                                 f"{type(row[question]).__name__} {row[question]!r:.60}")
+            ident_value = row.get(ident, number)
+            if not isinstance(ident_value, (str, int)) or isinstance(ident_value, bool):
+                raise ValueError(f"{path}:{number}: field {ident!r} must be a string or an integer, got "
+                                 f"{type(ident_value).__name__}")
+            if str(ident_value) in first_line:
+                raise ValueError(f"{path}:{number}: duplicate id {str(ident_value)!r} (first on line "
+                                 f"{first_line[str(ident_value)]}); ids must be unique within a split")
+            first_line[str(ident_value)] = number
             try:
                 text = self.prompt.format(**row)
             except KeyError as exc:
@@ -203,7 +215,9 @@ class CustomTask(Task):
             except (IndexError, ValueError) as exc:
                 raise ValueError(f"{path}:{number}: prompt template {self.prompt!r} is malformed: {exc}") from None
             meta = {k: v for k, v in row.items() if k not in (answer,)}
-            problems.append(Problem(id=str(row.get(ident, number)), question=text, reference=row[answer], meta=meta))
+            problems.append(Problem(id=str(ident_value), question=text, reference=row[answer], meta=meta))
+        if not problems:
+            raise ValueError(f"task 'custom' split {split!r}: no problems to evaluate or train on: {path} holds no rows")
         return problems
 
     def first_turn(self, problem: Problem) -> list[dict]:

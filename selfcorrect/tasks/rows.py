@@ -15,6 +15,12 @@ from typing import Iterator, Sequence
 
 INSTALL_DATASETS = "pip install datasets"
 
+#: The longest line a JSONL data file may hold, in bytes (10 MiB). A longer line is refused
+#: with its number instead of being read whole: a file without newlines (a binary file, a
+#: JSON array dumped on one line) would otherwise be pulled into memory at once. One problem
+#: is a few kB; the biggest rows of the supported datasets are well under 1 MB.
+MAX_LINE_BYTES = 10 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class HubSource:
@@ -53,11 +59,20 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
             import pyarrow.parquet as pq
         except ImportError as exc:
             raise ValueError(f"reading {path} needs pyarrow (pip install pyarrow)") from exc
-        yield from enumerate(pq.read_table(path).to_pylist(), start=1)
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:  # not a Parquet file, truncated, ...
+            raise ValueError(f"{path}: not a readable Parquet file ({one_line(exc)})") from None
+        yield from enumerate(table.to_pylist(), start=1)
         return
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with opener(path, "rb") as handle:
+        for number, line in enumerate(_lines(handle, path), start=1):
+            try:
+                line = line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{path}:{number}: not UTF-8 text (byte 0x{line[exc.start]:02x} at column "
+                                 f"{exc.start + 1})") from None
             if not line.strip():
                 continue
             try:
@@ -67,6 +82,25 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
             yield number, row
+
+
+def _lines(handle, path: Path, limit: int | None = None) -> Iterator[bytes]:
+    """The lines of a binary file, each at most `limit` bytes (MAX_LINE_BYTES) - a longer one is
+    a one-line ValueError naming the line, read no further than the limit."""
+    limit = limit or MAX_LINE_BYTES
+    number = 0
+    while True:
+        try:
+            line = handle.readline(limit + 1)
+        except (OSError, EOFError) as exc:  # a truncated or corrupt .gz
+            raise ValueError(f"{path}:{number + 1}: cannot read ({one_line(exc)})") from None
+        if not line:
+            return
+        number += 1
+        if len(line) > limit:
+            raise ValueError(f"{path}:{number}: line longer than {limit // (1024 * 1024)} MB (the limit for "
+                             f"one row); is this a JSONL file with one problem per line?")
+        yield line
 
 
 def check_file(path: Path) -> None:
