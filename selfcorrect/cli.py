@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
         hf_logging.disable_progress_bar()
     from . import distributed
+    from .faults import TrainingFault, TrainingStopped
 
     ok = False
     try:
@@ -159,7 +160,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run_eval(launch(resolve_config(args, C.Config())))
         ok = True
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+    except TrainingStopped as exc:  # a stop signal, honoured with a checkpoint: not a failure
+        print(f"selfcorrect {args.command}: {_rank_prefix()}{exc}", file=sys.stderr)
+        ok = True
+        return 0
+    except (ValueError, FileNotFoundError, FileExistsError, TrainingFault) as exc:
         print(f"selfcorrect {args.command}: error: {_rank_prefix()}{exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
@@ -170,9 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"selfcorrect {args.command}: error: {_rank_prefix()}lost contact with another process of the "
               f"job (it failed, was killed or timed out): {first[:300]}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # faults.Interrupted (a second stop signal) carries 128 + signal
         print(f"selfcorrect {args.command}: interrupted; the last checkpoint is kept", file=sys.stderr)
-        return 130
+        return getattr(exc, "exit_code", 130)
     finally:
         distributed.shutdown(wait=ok)
     return 0
