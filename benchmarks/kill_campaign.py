@@ -125,15 +125,22 @@ def reference_run(model: Path, out: Path, steps: int, timeout_s: float) -> tuple
 
 
 def one_kill(proc: subprocess.Popen, out: Path, mode: str, startup: float, per_step: float,
-             rng: random.Random, timeout_s: float) -> bool:
+             rng: random.Random, timeout_s: float, before: int, finished: bool) -> bool:
     """Kill `proc` in `mode` ('step': a random moment of its first step, or at once when a step
-    finishes first; 'checkpoint': 0-50 ms after a step's metrics line). False: it ended first."""
-    start, before = time.monotonic(), metric_lines(out)
-    deadline = start + (rng.uniform(0.8 * startup, startup + 1.2 * per_step) if mode == "step" else timeout_s)
+    finishes first; 'checkpoint': 0-500 ms after a step's metrics line). `before`: the resumed step
+    (the run drops later lines on resuming); `finished`: every step is checkpointed, only the
+    final save is left, so kill during start-up. False: it ended first."""
+    start = time.monotonic()
+    if finished:
+        deadline = start + rng.uniform(0.3 * startup, 0.9 * startup)
+    elif mode == "step":
+        deadline = start + rng.uniform(0.5 * startup, startup + 0.8 * per_step)
+    else:
+        deadline = start + timeout_s
     while proc.poll() is None:
         if metric_lines(out) > before:
             if mode == "checkpoint":
-                time.sleep(rng.uniform(0.0, 0.05))
+                time.sleep(rng.uniform(0.0, 0.5))
             break
         if time.monotonic() > deadline:
             break
@@ -157,11 +164,11 @@ def campaign(kills: int, steps: int, seed: int, work: Path, timeout_s: float) ->
         extra = ("--run.resume", "true") if have else ("--run.overwrite", "true")
         resumed += done_kills > 0
         # spare steps must last for the kills left: aim at checkpoint writes only that often
-        spare = steps - have - 1
+        spare = steps - have - 2
         mode = "checkpoint" if rng.random() < min(1.0, max(spare, 0) / (kills - done_kills)) else "step"
         proc = launch(train_command(model, out, steps, *extra), out.with_suffix(".log"))
         lines = metric_lines(out)
-        if not one_kill(proc, out, mode, startup, per_step, rng, timeout_s):
+        if not one_kill(proc, out, mode, startup, per_step, rng, timeout_s, have, have >= steps):
             bad.append(f"launch {done_kills + 1} ended before its kill (exit {proc.returncode})")
             break
         done_kills += 1
@@ -173,7 +180,9 @@ def campaign(kills: int, steps: int, seed: int, work: Path, timeout_s: float) ->
         except Exception as exc:  # the point of the campaign: any unreadable checkpoint is a failure
             bad.append(f"after kill {done_kills}: the latest checkpoint does not load: {exc}")
     resumed += done_kills > 0
-    proc = launch(train_command(model, out, steps, "--run.resume", "true"), out.with_suffix(".log"))
+    have = latest_step(out) if (out / "checkpoints").exists() else 0
+    extra = ("--run.resume", "true") if have else ("--run.overwrite", "true")
+    proc = launch(train_command(model, out, steps, *extra), out.with_suffix(".log"))
     try:
         code = proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:

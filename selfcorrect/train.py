@@ -282,7 +282,9 @@ class Trainer:
         with timer("logprobs_loss"):
             loss_value, stats = self._accumulate_gradients(ro, adv, valid, stage)
         with timer("step"):
-            grad_norm, skipped = self._optimizer_step(loss_value)
+            self._step_loss = loss_value  # read by _optimizer_step (its signature is patched in tests)
+            grad_norm = self._optimizer_step()
+            skipped = self._step_skipped
         with timer("metrics"):
             metrics = self._metrics(ro, r, stage, loss_value, stats, grad_norm, has, valid)
             metrics["skipped_nonfinite"] = int(skipped)
@@ -373,21 +375,22 @@ class Trainer:
         with autocast(self.device, self.compute_dtype):
             return token_logprobs(model, ids, mask, first, temperature=self.cfg.rollout.temperature)
 
-    def _optimizer_step(self, loss_value: float) -> tuple[float, bool]:
+    def _optimizer_step(self) -> float:
         """Clip and apply the step's gradients, unless the loss or the gradient norm is NaN/inf:
         then the gradients are dropped, neither the optimizer nor the schedule moves, and the
-        step counts as skipped. Returns (gradient norm, skipped). Both numbers are global (the
+        step counts as skipped (self._step_skipped). Returns the gradient norm. Both numbers are global (the
         loss all-reduced, the gradients averaged), so every rank makes the same decision."""
         # the gradients are the global ones on every rank, so every rank makes the same update
         norm = self.replicated.clip_grad_norm(self.cfg.optim.max_grad_norm)
-        skipped = not (math.isfinite(loss_value) and math.isfinite(norm))
+        skipped = not (math.isfinite(self._step_loss) and math.isfinite(norm))
         if not skipped:
             self.optimizer.step()
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state["nonfinite_streak"] = self.state["nonfinite_streak"] + 1 if skipped else 0
         self.state["skipped_nonfinite_steps"] += int(skipped)
-        return norm, skipped
+        self._step_skipped = skipped
+        return norm
 
     def _metrics(self, ro, r, stage, loss_value, stats, grad_norm, has, valid) -> dict:
         """The step's metrics over the whole batch: every rank's rows are gathered (in rank order,
