@@ -7,6 +7,10 @@ old checkpoints pruned — so a crash at any moment leaves the previous checkpoi
 
 Weights: only the trainable parameters (the LoRA adapter, or all weights without LoRA).
 
+Faults: weights that are not finite are never written (NonFiniteTraining); a write that fails
+(disk full, unwritable folder) leaves the previous checkpoint and LATEST as they were, removes
+its temporary folder and raises CheckpointWriteError; `tidy` removes what a kill -9 left.
+
 Data-parallel runs: rank 0 writes (the model and optimizer are the same on every rank), with
 every rank's RNG state in optimizer.pt ("rng_by_rank") and the world size in state.json, which
 a resume must match. Under FSDP the caller passes the gathered full `weights` and
@@ -24,7 +28,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .atomic import atomic_folder, write_text_atomic
+from .atomic import atomic_folder, remove_temporaries, write_text_atomic
+from .faults import CheckpointWriteError, NonFiniteTraining
 
 LATEST = "LATEST"
 
@@ -48,26 +53,76 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def nonfinite_tensors(weights: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity."""
+    return [name for name, t in weights.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
 def save(run_dir: Path, step: int, model, optimizer, scheduler, trainer_state: dict, keep: int, *,
          rng_by_rank: list | None = None, weights: dict | None = None, optimizer_state: dict | None = None) -> Path:
-    """Write checkpoint `step` atomically, point LATEST at it, then prune to the newest `keep`."""
+    """Write checkpoint `step` atomically, point LATEST at it, then prune to the newest `keep`.
+    Refuses non-finite weights: a resume would only carry the NaN on."""
     root = run_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:06d}"
     final = root / name
-    with atomic_folder(final) as tmp:
-        save_file(trainable_state(model) if weights is None else weights, str(tmp / "weights.safetensors"))
-        extra = {"optimizer": optimizer.state_dict() if optimizer_state is None else optimizer_state,
-                 "scheduler": scheduler.state_dict(), "rng": rng_state()}
-        if rng_by_rank is not None:
-            extra["rng_by_rank"] = rng_by_rank
-        torch.save(extra, tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps(trainer_state, indent=1))
-    write_text_atomic(root / LATEST, name)
+    weights = trainable_state(model) if weights is None else weights
+    bad = nonfinite_tensors(weights)
+    if bad:
+        raise NonFiniteTraining(f"not saving checkpoint {name}: {len(bad)} weight tensor(s) hold NaN/inf "
+                                f"(first: {bad[0]}); the last good checkpoint is {_latest_name(run_dir)}")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with atomic_folder(final) as tmp:
+            save_file(weights, str(tmp / "weights.safetensors"))
+            extra = {"optimizer": optimizer.state_dict() if optimizer_state is None else optimizer_state,
+                     "scheduler": scheduler.state_dict(), "rng": rng_state()}
+            if rng_by_rank is not None:
+                extra["rng_by_rank"] = rng_by_rank
+            torch.save(extra, tmp / "optimizer.pt")
+            (tmp / "state.json").write_text(json.dumps(trainer_state, indent=1))
+        write_text_atomic(root / LATEST, name)
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise CheckpointWriteError(f"could not write checkpoint {name} in {root}: {reason}; the previous "
+                                   f"checkpoint ({_latest_name(run_dir)}) is intact") from exc
     existing = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
     for old in existing[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _latest_name(run_dir: Path) -> str:
+    """LATEST's folder name for messages ('none' when there is none yet)."""
+    try:
+        return (run_dir / "checkpoints" / LATEST).read_text().strip() or "none"
+    except OSError:
+        return "none"
+
+
+def tidy(run_dir: Path) -> list[Path]:
+    """Remove what a killed run left in the run folder: temporary folders and files of atomic
+    writes, and checkpoints newer than LATEST (written, but killed before LATEST moved: the
+    resumed run writes them again). Call only while holding the run lock. Returns what went."""
+    root = run_dir / "checkpoints"
+    removed = remove_temporaries(run_dir) + remove_temporaries(root)
+    pointer = root / LATEST
+    if pointer.exists():
+        current = pointer.read_text().strip()
+        for folder in sorted(root.glob("step-*")):
+            if folder.is_dir() and folder.name > current:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+    return removed
+
+
+def check(folder: Path) -> dict:
+    """Read every file of a checkpoint (weights, optimizer, state) without a model; raise if one
+    is missing, truncated or holds non-finite weights. Returns the trainer state."""
+    bad = nonfinite_tensors(load_file(str(folder / "weights.safetensors")))
+    if bad:
+        raise NonFiniteTraining(f"{folder}: non-finite weights in {bad[:3]}")
+    torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False)
+    return read_state(folder)
 
 
 def latest(run_dir: Path) -> Path | None:

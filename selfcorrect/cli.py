@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 
         hf_logging.disable_progress_bar()
     from . import distributed
+    from .faults import TrainingFault, TrainingStopped
 
     ok = False
     try:
@@ -183,7 +184,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run_eval(launch(resolve_config(args, C.Config())))
         ok = True
-    except (ValueError, OSError) as exc:  # bad input: a config, a data file, a model folder, a path
+    except TrainingStopped as exc:  # a stop signal, honoured with a checkpoint: not a failure
+        print(f"selfcorrect {args.command}: {_rank_prefix()}{exc}", file=sys.stderr)
+        ok = True
+        return 0
+    except (ValueError, OSError, TrainingFault) as exc:  # bad input (config, data, model, path) or a fault
         print(f"selfcorrect {args.command}: error: {_rank_prefix()}{one_line(exc)}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
@@ -194,9 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"selfcorrect {args.command}: error: {_rank_prefix()}lost contact with another process of the "
               f"job (it failed, was killed or timed out): {first[:300]}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # faults.Interrupted (a second stop signal) carries 128 + signal
         print(f"selfcorrect {args.command}: interrupted; the last checkpoint is kept", file=sys.stderr)
-        return 130
+        return getattr(exc, "exit_code", 130)
     finally:
         distributed.shutdown(wait=ok)
     return 0

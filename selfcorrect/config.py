@@ -92,6 +92,8 @@ class OptimConfig:
     weight_decay: float = opt(0.0, "AdamW weight decay")
     warmup_steps: int = opt(0, "linear warm-up steps, then constant")
     max_grad_norm: float = opt(1.0, "gradient clipping norm (0 = off)")
+    max_nonfinite_steps: int = opt(3, "a step whose loss or gradient norm is NaN/inf is skipped (no update); "
+                                   "stop after this many such steps in a row")
     problems_per_step: int = opt(16, "problems per optimizer step (x samples_per_problem rows)")
     micro_batch_size: int = opt(16, "rows per forward/backward; gradients accumulate over the step")
 
@@ -201,6 +203,7 @@ class Config:
             (self.eval.method == "standard" or self.eval.attempts == 2,
              "eval.method=self_refine makes exactly two attempts; leave eval.attempts at 2"),
             (self.run.save_every >= 1, "run.save_every must be >= 1"),
+            (self.optim.max_nonfinite_steps >= 1, "optim.max_nonfinite_steps must be >= 1"),
             (self.run.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
             (not (self.run.resume and self.run.overwrite),
              "run.resume and run.overwrite contradict each other (continue the run, or replace it?); set one"),

@@ -9,6 +9,11 @@ Where this departs from the paper (SCORE.md §2): the paper's batch is 512 probl
 here everything is per-step settings. The KL is a per-token loss term (k2 by default, whose
 gradient is the unbiased KL gradient) rather than a term in the reward; the baseline is RLOO
 over k samples per problem, per attempt (ICLR version).
+
+Faults (faults.py): the run folder is locked for the trainer's life; the first SIGTERM / SIGINT
+stops at the end of the current step with a checkpoint (TrainingStopped), the second at once; a
+step with a non-finite loss or gradient norm is skipped, and optim.max_nonfinite_steps of them
+in a row stop the run (NonFiniteTraining).
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import contextlib
 import json
 import random
 import shutil
+import math
 import time
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,6 +32,8 @@ import numpy as np
 import torch
 
 from . import checkpoint, distributed, losses, models
+from .atomic import write_text_atomic
+from .faults import NonFiniteTraining, StopSignals, TrainingStopped, acquire_lock, release_lock
 from .batches import token_logprobs
 from .config import Config, save_yaml
 from .metrics import edit_distance_ratio, self_correction_metrics
@@ -78,6 +87,18 @@ class Trainer:
                              key="rollout.max_new_tokens", progress=cfg.run.progress)
         self.run_dir = Path(cfg.run.output_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        # before anything in the folder is read or deleted; released by train()'s end, by a
+        # failure below, or (a Trainer never trained) when the object goes
+        lock = distributed.on_main(lambda: acquire_lock(self.run_dir))  # rank 0 locks, and owns it
+        self.unlock = weakref.finalize(self, release_lock, self.run_dir, lock if distributed.is_main() else None)
+        try:
+            self._build(cfg, model, tokenizer)
+        except BaseException:
+            self.unlock()
+            raise
+
+    def _build(self, cfg: Config, model, tokenizer) -> None:
+        """Everything after the lock: model, reference, optimizer, and the fresh start or resume."""
         seed_everything(cfg.run.seed)
         if model is None:
             model, tokenizer = models.load(cfg.model, training=True, progress=cfg.run.progress)
@@ -101,7 +122,8 @@ class Trainer:
         warm = cfg.optim.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, 0, warm))
         self.plan = stage_plan(cfg.algo.stage1_steps, cfg.algo.stage2_steps, cfg.algo.interleave)
-        self.state = {"step": 0, "data_position": 0, "best_reward": None}
+        self.state = initial_state()
+        self._saved_step: int | None = None  # the step of the newest checkpoint on disk
         self.history: list[dict] = []
         self.base_turn1: dict[str, list[list[int]]] = {}  # algo.turn1=base: problem id -> k attempt-1 ids
         if cfg.run.resume:
@@ -140,43 +162,87 @@ class Trainer:
 
     # ---------------------------------------------------------------- schedule
     def train(self) -> list[dict]:
-        """Run the remaining steps of the plan; checkpoint along the way; save the final model."""
+        """Run the remaining steps of the plan; checkpoint along the way; save the final model.
+
+        A first SIGTERM / SIGINT is honoured at the next safe point: between steps at once, else
+        once the current step (and its checkpoint, when due) is done. Then the last finished
+        step is checkpointed and TrainingStopped raised: the process is gone within the rest of
+        one step plus one checkpoint write (the time_* metrics say how long a step takes)."""
+        try:
+            with StopSignals() as signals:
+                self._train(signals)
+            self.save_final(self.run_dir / "final")
+        finally:
+            self.unlock()
+        return self.history
+
+    def _train(self, signals: StopSignals) -> None:
         total = len(self.plan)
         main = distributed.is_main()  # the metrics are all-reduced: every rank has the same numbers
         bar = progress(total, "SCoRe", enabled=self.cfg.run.progress and main, initial=self.state["step"])
         last_reward = f"reward_t{self.cfg.rollout.attempts}"
         writer = tensorboard_writer(self.run_dir) if main else None
-        with open(self.run_dir / "metrics.jsonl", "a") if main else contextlib.nullcontext() as log:
-            while self.state["step"] < total:
-                stage = self.plan[self.state["step"]]
-                metrics = self.step(stage)
-                self.state["step"] += 1
-                metrics["step"] = self.state["step"]
-                self.history.append(metrics)
-                if log is not None:
-                    log.write(json.dumps(metrics) + "\n")
-                    log.flush()
-                if writer is not None:
-                    for key, value in metrics.items():
-                        if isinstance(value, (int, float)):
-                            writer.add_scalar(key, value, metrics["step"])
-                reward = metrics[last_reward]
-                if self.state["best_reward"] is None or reward > self.state["best_reward"]:
-                    self.state["best_reward"] = reward
-                if self.state["step"] % self.cfg.run.save_every == 0 or self.state["step"] == total:
-                    self.save_checkpoint()
-                bar.update(1)
-                bar.set_postfix(stage=stage, **{f"acc{a}": f"{metrics[f'acc_t{a}']:.2f}"
-                                                for a in range(1, min(2, self.cfg.rollout.attempts) + 1)},
-                                loss=f"{metrics['loss']:.3f}")
-        bar.close()
-        if writer is not None:
-            writer.close()
-        self.save_final(self.run_dir / "final")
-        return self.history
+        try:
+            with open(self.run_dir / "metrics.jsonl", "a") if main else contextlib.nullcontext() as log:
+                while True:
+                    self._stop_if_asked(signals, total)
+                    if self.state["step"] >= total:
+                        break
+                    stage = self.plan[self.state["step"]]
+                    metrics = self.step(stage)
+                    self.state["step"] += 1
+                    metrics["step"] = self.state["step"]
+                    self.history.append(metrics)
+                    if log is not None:
+                        log.write(json.dumps(metrics) + "\n")
+                        log.flush()
+                    if writer is not None:
+                        for key, value in metrics.items():
+                            if isinstance(value, (int, float)):
+                                writer.add_scalar(key, value, metrics["step"])
+                    reward = metrics[last_reward]
+                    if self.state["best_reward"] is None or reward > self.state["best_reward"]:
+                        self.state["best_reward"] = reward
+                    if self.state["step"] % self.cfg.run.save_every == 0 or self.state["step"] == total:
+                        self.save_checkpoint()
+                    self._stop_on_nonfinite_streak()
+                    bar.update(1)
+                    bar.set_postfix(stage=stage, **{f"acc{a}": f"{metrics[f'acc_t{a}']:.2f}"
+                                                    for a in range(1, min(2, self.cfg.rollout.attempts) + 1)},
+                                    loss=f"{metrics['loss']:.3f}")
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+
+    def _stop_if_asked(self, signals: StopSignals, total: int) -> None:
+        """A safe point: if any rank got a stop signal, every rank checkpoints the last finished
+        step (unless it is on disk already) and raises TrainingStopped. The request is
+        all-reduced so that all ranks stop at the same step (a collective per step)."""
+        if not distributed.all_reduce_max(float(signals.received is not None)):
+            return
+        folder = None
+        if self._saved_step != self.state["step"]:
+            folder = self.save_checkpoint()
+        elif distributed.is_main():
+            folder = checkpoint.latest(self.run_dir)
+        raise TrainingStopped(signals.received or "a signal (on another rank)", self.state["step"], total, folder)
+
+    def _stop_on_nonfinite_streak(self) -> None:
+        limit = self.cfg.optim.max_nonfinite_steps
+        if self.state["nonfinite_streak"] >= limit:
+            raise NonFiniteTraining(
+                f"{limit} steps in a row had a NaN/inf loss or gradient norm (steps "
+                f"{self.state['step'] - limit + 1}-{self.state['step']}, all skipped); stopping. The last "
+                f"checkpoint holds finite weights; try a lower optim.lr, optim.max_grad_norm > 0, or fp32 "
+                f"(model.dtype)")
 
     def save_final(self, folder: Path) -> None:
-        """The final model, written by rank 0; the others wait until it is complete."""
+        """The final model, written by rank 0; the others wait until it is complete. Non-finite
+        weights are refused (the optimizer never applies a non-finite step, so this is a bug guard)."""
+        bad = checkpoint.nonfinite_tensors(dict(self.model.named_parameters()))
+        if bad:
+            raise NonFiniteTraining(f"not saving the final model: NaN/inf in {bad[:3]}")
         if self.replicated.strategy == "fsdp":
             from .fsdp import save_final_sharded
 
@@ -219,9 +285,13 @@ class Trainer:
         with timer("logprobs_loss"):
             loss_value, stats = self._accumulate_gradients(ro, adv, valid, stage)
         with timer("step"):
+            self._step_loss = loss_value  # read by _optimizer_step (its signature is patched in tests)
             grad_norm = self._optimizer_step()
+            skipped = self._step_skipped
         with timer("metrics"):
             metrics = self._metrics(ro, r, stage, loss_value, stats, grad_norm, has, valid)
+            metrics["skipped_nonfinite"] = int(skipped)
+            metrics["skipped_nonfinite_steps"] = self.state["skipped_nonfinite_steps"]
         times = {f"time_{name}": s for name, s in timer.seconds.items()}
         # the step takes as long as its slowest rank
         metrics.update({key: round(s, 4) for key, s in distributed.all_reduce_sums(times, op="max").items()})
@@ -309,11 +379,20 @@ class Trainer:
             return token_logprobs(model, ids, mask, first, temperature=self.cfg.rollout.temperature)
 
     def _optimizer_step(self) -> float:
+        """Clip and apply the step's gradients, unless the loss or the gradient norm is NaN/inf:
+        then the gradients are dropped, neither the optimizer nor the schedule moves, and the
+        step counts as skipped (self._step_skipped). Returns the gradient norm. Both numbers are global (the
+        loss all-reduced, the gradients averaged), so every rank makes the same decision."""
         # the gradients are the global ones on every rank, so every rank makes the same update
         norm = self.replicated.clip_grad_norm(self.cfg.optim.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
+        skipped = not (math.isfinite(self._step_loss) and math.isfinite(norm))
+        if not skipped:
+            self.optimizer.step()
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.state["nonfinite_streak"] = self.state["nonfinite_streak"] + 1 if skipped else 0
+        self.state["skipped_nonfinite_steps"] += int(skipped)
+        self._step_skipped = skipped
         return norm
 
     def _metrics(self, ro, r, stage, loss_value, stats, grad_norm, has, valid) -> dict:
@@ -362,14 +441,17 @@ class Trainer:
             from .fsdp import full_state
 
             full = full_state(self.replicated, self.optimizer)  # a collective: all ranks take part
-        return distributed.on_main(lambda: checkpoint.save(
+        folder = distributed.on_main(lambda: checkpoint.save(
             self.run_dir, self.state["step"], self.model, self.optimizer, self.scheduler, state,
             self.cfg.run.keep_checkpoints, rng_by_rank=rngs, **full))
+        self._saved_step = self.state["step"]
+        return folder
 
     def _start_fresh(self) -> None:
-        distributed.on_main(lambda: start_fresh(self.run_dir, self.cfg.run.overwrite))
+        distributed.on_main(lambda: (checkpoint.tidy(self.run_dir), start_fresh(self.run_dir, self.cfg.run.overwrite)))
 
     def _resume(self) -> None:
+        distributed.on_main(lambda: checkpoint.tidy(self.run_dir))  # what a killed run left behind
         folder = checkpoint.latest(self.run_dir)
         if folder is None:
             raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}")
@@ -390,15 +472,31 @@ class Trainer:
         if state.pop("plan") != self.plan:
             raise ValueError(f"--resume: {folder} was made with another stage plan "
                              "(algo.stage1_steps / stage2_steps / interleave changed)")
-        self.state = state
+        self.state = {**initial_state(), **state}  # checkpoints from before a key existed
+        self._saved_step = state["step"]
         distributed.on_main(lambda: drop_metrics_after(self.run_dir / "metrics.jsonl", state["step"]))
 
 
+def initial_state() -> dict:
+    """The trainer state a fresh run starts from (checkpointed as state.json)."""
+    return {"step": 0, "data_position": 0, "best_reward": None, "nonfinite_streak": 0, "skipped_nonfinite_steps": 0}
+
+
+def metrics_step(line: str) -> int | None:
+    """The step of one metrics.jsonl line; None for a line cut short by a kill."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def drop_metrics_after(log: Path, step: int) -> None:
-    """Metrics logged after the resumed checkpoint by the interrupted run would be repeated: drop them."""
+    """Metrics logged after the resumed checkpoint by the interrupted run would be repeated: drop
+    them, and a last line a kill cut short. Replaced atomically: a kill now cannot truncate it."""
     if log.exists():
-        kept = [line for line in log.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-        log.write_text("".join(line + "\n" for line in kept))
+        kept = [line for line in log.read_text().splitlines()
+                if line.strip() and metrics_step(line) is not None and metrics_step(line) <= step]
+        write_text_atomic(log, "".join(line + "\n" for line in kept))
 
 
 def start_fresh(run_dir: Path, overwrite: bool) -> None:
