@@ -241,13 +241,27 @@ def test_mbpp_reference_and_wrong_programs(shared_data):
     assert "does not define 'remove_Occ'" in verdicts[2].detail
 
 
+def _tier_or_skip(tier: str) -> None:
+    from selfcorrect.verify.sandbox import Sandbox, SandboxUnavailable
+
+    try:
+        Sandbox(tier=tier, timeout_s=10).tier
+    except SandboxUnavailable as exc:
+        pytest.skip(f"the {tier} tier does not work on this host: {exc}")
+
+
+# Both tiers: the rlimit tier as root runs programs as uid 65534, which must still import the
+# whole standard library when the interpreter lives under root's home (pyenv).
 @linux_only
 @pytest.mark.slow
-def test_all_humaneval_canonical_solutions_pass_and_wrong_ones_fail():
-    with build("humaneval", timeout_s=30, workers=4) as task:
+@pytest.mark.parametrize("tier", ["bwrap", "rlimit"])
+def test_all_humaneval_canonical_solutions_pass_and_wrong_ones_fail(tier):
+    _tier_or_skip(tier)
+    with build("humaneval", timeout_s=30, workers=4, sandbox_tier=tier) as task:
         problems = task.load("test")
         right = task.score(problems, [task.reference_response(p) for p in problems])
         wrong = task.score(problems, ["    return None\n"] * len(problems))
+    assert all(v.detail.startswith(f"tier={tier};") for v in right)
     assert [v.reason for v in right].count(CORRECT) == 164, [
         (p.id, v.detail) for p, v in zip(problems, right) if v.reason != CORRECT]
     assert not [p.id for p, v in zip(problems, wrong) if v.reward != 0.0]
@@ -255,15 +269,34 @@ def test_all_humaneval_canonical_solutions_pass_and_wrong_ones_fail():
 
 @linux_only
 @pytest.mark.slow
-def test_all_mbpp_reference_solutions_pass_and_wrong_ones_fail(shared_data):
+@pytest.mark.parametrize("tier", ["bwrap", "rlimit"])
+def test_all_mbpp_reference_solutions_pass_and_wrong_ones_fail(shared_data, tier):
+    _tier_or_skip(tier)
     # A generous limit: task 123 takes ~2.5 s alone and far longer on a loaded machine.
-    with build("mbpp", data_path=str(shared_data / "mbpp.jsonl"), timeout_s=60, workers=4) as task:
+    with build("mbpp", data_path=str(shared_data / "mbpp.jsonl"), timeout_s=60, workers=4,
+               sandbox_tier=tier) as task:
         problems = [p for split in MBPP_RANGES for p in task.load(split)]
         right = task.score(problems, [task.reference_response(p) for p in problems])
         sample = problems[::5]
         stubs = [f"def {p.reference['entry_point']}(*args, **kwargs):\n    return None\n"
                  for p in sample]
         wrong = task.score(sample, stubs)
+    assert all(v.detail.startswith(f"tier={tier};") for v in right)
     failures = [(p.id, v.reason, v.detail) for p, v in zip(problems, right) if v.reason != CORRECT]
     assert len(problems) == 974 and failures == []
     assert collections.Counter(v.reason for v in wrong) == {WRONG_ANSWER: len(sample)}
+
+
+@linux_only
+@pytest.mark.parametrize("tier", ["bwrap", "rlimit"])
+def test_standard_library_imports_work_in_every_tier(tier):
+    _tier_or_skip(tier)
+    from selfcorrect.verify.sandbox import Program, Sandbox
+
+    modules = ["textwrap", "glob", "shutil", "signal", "subprocess", "email.mime.text",
+               "json.decoder", "concurrent.futures", "xml.etree.ElementTree", "decimal",
+               "fractions", "statistics", "string", "unicodedata", "zlib", "csv", "asyncio"]
+    with Sandbox(tier=tier, timeout_s=30, workers=2) as box:
+        results = box.run([Program(code=f"import {m}\n") for m in modules])
+    assert [(m, r.status) for m, r in zip(modules, results)] == [(m, "passed") for m in modules], [
+        (m, r.detail) for m, r in zip(modules, results) if not r.passed]

@@ -58,11 +58,6 @@ _PREFIX = "@@selfcorrect:"
 _HARNESS = (Path(__file__).with_name("sandbox_harness.py")).read_text()
 _BACKSTOP_S = 2.0  # the host kills the whole group this long after the harness's own deadline
 _KEEP_OUTPUT = 2000  # characters of program output kept in a result
-# Imported by the supervisor before the child drops to the sandbox uid, when that uid cannot
-# read the standard library (root's pyenv, rlimit tier): what MBPP/HumanEval code imports.
-_PREIMPORT = ("re", "math", "cmath", "collections", "heapq", "itertools", "functools", "bisect",
-              "operator", "array", "copy", "datetime", "string", "random", "statistics",
-              "fractions", "decimal", "typing", "hashlib", "json", "sys", "os")
 
 
 class SandboxUnavailable(RuntimeError):
@@ -223,6 +218,8 @@ class Sandbox:
         self._nproc: int | None = None
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._running: dict[int, Program] = {}
+        self._running_lock = threading.Lock()  # not _lock: the tier probe runs under that
 
     # ------------------------------------------------------------------ tier
     @property
@@ -264,7 +261,7 @@ class Sandbox:
                 self._bwrap = find_bwrap(self.config.bwrap_path)
             except FileNotFoundError as exc:
                 return str(exc)
-        canary = Program(code="import math\nx = math.sqrt(16)\n", tests="assert x == 4.0\n",
+        canary = Program(code="import math, textwrap\nx = math.sqrt(16)\n", tests="assert x == 4.0\n",
                          exports=("x",))
         result = self._execute(canary, tier)
         if result.passed:
@@ -323,6 +320,12 @@ class Sandbox:
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="sandbox")
         return list(self._pool.map(lambda item: self._execute(item, tier), items))
 
+    def running(self) -> dict[int, Program]:
+        """The host-side process of every program running now (the harness, or bwrap around
+        it), by pid: for monitoring, and for tests that kill one mid-batch."""
+        with self._running_lock:
+            return dict(self._running)
+
     def close(self) -> None:
         """Stop the worker threads (safe to call twice)."""
         with self._lock:
@@ -354,13 +357,15 @@ class Sandbox:
                 os.chmod(workdir, 0o711)
             info = self._interpreter_info()
             compiled = _compiled(program.tests, program.prelude) if info["same"] else None
-            preimport = tier == "rlimit" and self.drop and not info["stdlib_public"]
+            # rlimit tier as root: uid 65534 may not reach the stdlib (root's pyenv); the
+            # supervisor opens the import folders for it before it drops (sandbox_harness.py)
+            reopen = tier == "rlimit" and bool(self.drop) and not info["stdlib_public"]
             payload = {
                 "code": program.code, "tests": program.tests, "prelude": program.prelude,
                 "compiled": compiled[0] if compiled else None,
                 "modules": compiled[1] if compiled else None,
                 "exports": list(program.exports), "token": token, "deadline": deadline,
-                "drop": self.drop, "preimport": list(_PREIMPORT) if preimport else [], "tier": tier,
+                "drop": self.drop, "reopen_imports": reopen, "tier": tier,
                 "limits": {"address_space": cfg.memory_mb << 20,
                            "cpu_s": int(cfg.timeout_s) + 1,
                            "processes": self._process_limit(tier),
@@ -381,10 +386,19 @@ class Sandbox:
             except OSError as exc:
                 return SandboxResult(ERROR, tier, f"could not start {command[0]}: {exc}",
                                      duration_s=time.monotonic() - start)
-            raw, overflow, backstop = _communicate(proc, marshal.dumps(payload),
-                                                   deadline + _BACKSTOP_S, cfg.max_output_bytes)
+            with self._running_lock:
+                self._running[proc.pid] = program
+            try:
+                raw, overflow, backstop = _communicate(proc, marshal.dumps(payload),
+                                                       deadline + _BACKSTOP_S,
+                                                       cfg.max_output_bytes)
+            finally:
+                with self._running_lock:
+                    self._running.pop(proc.pid, None)
+            # As root the program runs as uid 65534 and cannot signal its supervisor: if that
+            # died without a last word, something outside killed it (not the program's fault).
             return _interpret(raw, token, tier, cfg, overflow, backstop, proc.returncode,
-                              time.monotonic() - start)
+                              time.monotonic() - start, supervisor_protected=self.root)
         finally:
             _remove_tree(workdir)
 
@@ -441,8 +455,13 @@ def _communicate(proc: subprocess.Popen, payload: bytes, backstop: float,
 
 
 def _interpret(raw: bytes, token: str, tier: str, cfg: SandboxConfig, overflow: bool,
-               backstop: bool, returncode: int | None, duration: float) -> SandboxResult:
-    """Turn the harness's protocol lines into a SandboxResult."""
+               backstop: bool, returncode: int | None, duration: float, *,
+               supervisor_protected: bool = False) -> SandboxResult:
+    """Turn the harness's protocol lines into a SandboxResult.
+
+    supervisor_protected: the program could not have killed its supervisor (it ran as another
+    uid), so a supervisor that died before its exit line is a sandbox error (verdict unknown),
+    not the program's failure."""
     text = raw.decode("utf-8", "replace")
     marks: dict[str, list[str]] = {}
     program_lines = []
@@ -489,6 +508,9 @@ def _interpret(raw: bytes, token: str, tier: str, cfg: SandboxConfig, overflow: 
     if "exit" in info:
         return result(FAILED, f"the program ended (exit code {exit_info.get('code')}) "
                               "before the tests finished")
+    if supervisor_protected:
+        return result(ERROR, f"the sandbox supervisor died (exit {returncode}) before it "
+                             "reported; the program, another uid, could not have killed it")
     return result(FAILED, f"the sandbox supervisor died (exit {returncode}); "
                           "the program probably killed it")
 

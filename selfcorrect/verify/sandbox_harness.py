@@ -339,9 +339,51 @@ def _setup_child(payload):
         resource.setrlimit(getattr(resource, name), (value, hard))
 
 
-def _run_child(payload, tests_code, prelude_code, snapshots, pristine_builtins):
+def _open_import_dirs():
+    """Open every import folder (sys.path and the loaded packages' __path__) while still root.
+
+    In the rlimit tier as root the program runs as uid 65534, which may be unable to reach the
+    standard library (a pyenv under root's 0700 home). The descriptors survive the fork and the
+    uid change, and `/proc/self/fd/<fd>` reaches the folder without searching the folders above
+    it, so the dropped program imports any stdlib module; it still reads nothing it could not
+    read before (only these folders, whose files are world-readable, and no way up through
+    /root). Non-inheritable: a program's subprocesses do not get them."""
+    folders = {}
+    paths = list(sys.path)
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__path__", None)
+        if isinstance(path, list):
+            paths += [entry for entry in path if isinstance(entry, str)]
+    for folder in paths:
+        if folder and folder not in folders and os.path.isdir(folder):
+            try:
+                folders[folder] = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError:
+                continue
+    return folders
+
+
+def _use_import_dirs(folders):
+    """Point sys.path and the loaded packages' __path__ at the descriptors' /proc links."""
+    if not folders:
+        return
+
+    def moved(entry):
+        fd = folders.get(entry)
+        return entry if fd is None else f"/proc/self/fd/{fd}"
+
+    sys.path[:] = [moved(entry) for entry in sys.path]
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__path__", None)
+        if isinstance(path, list):
+            path[:] = [moved(entry) if isinstance(entry, str) else entry for entry in path]
+    sys.path_importer_cache.clear()
+
+
+def _run_child(payload, tests_code, prelude_code, snapshots, pristine_builtins, import_dirs):
     try:
         _setup_child(payload)
+        _use_import_dirs(import_dirs)
     except BaseException as exc:
         _emit("error", _json({"message": _clip(_describe(exc))}))
         _exit(3)
@@ -536,17 +578,14 @@ def main():
     except (SyntaxError, ValueError, EOFError, TypeError) as exc:
         _emit("error", _json({"message": _clip(f"trusted test code does not load: {exc}")}))
         _exit(3)
-    for name in payload.get("preimport", ()):
-        try:
-            __import__(name)
-        except BaseException:
-            pass
     snapshots = _snapshot_modules(sorted({*_ALWAYS_RESTORED, *imported}))
+    import_dirs = _open_import_dirs() if payload.get("reopen_imports") else {}
     _flush_program_output()
 
     pid = os.fork()
     if pid == 0:
-        _run_child(payload, tests_code, prelude_code, snapshots, pristine_builtins)
+        _run_child(payload, tests_code, prelude_code, snapshots, pristine_builtins,
+                   import_dirs)
         _exit(4)  # not reached
     status = _wait_child(pid, payload["deadline"])
     timed_out = status is None
