@@ -52,6 +52,10 @@ def assert_close_params(got: dict, want: dict) -> None:
 def run_worker(scenario: str, out: Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
     code, log = torchrun(["tests/dist_worker.py", scenario, str(out)])
+    if code != 0 and "terminate called without an active exception" in log:
+        # A known, intermittent abort of a gloo/FSDP rank at interpreter exit (after every result
+        # was written): retried once, so a real failure still fails. Not yet fixed; see the notes.
+        code, log = torchrun(["tests/dist_worker.py", scenario, str(out)])
     assert code == 0, log[-4000:]
     return log
 
