@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from selfcorrect.verify.sandbox import Program, Sandbox  # noqa: E402
+from selfcorrect.verify.sandbox_harness import _children_of  # noqa: E402  (the harness's /proc child walk)
 
 F = ("f",)
 KINDS = {  # kind: (weight, program)
@@ -54,25 +55,10 @@ def programs(count: int, seed: int = 0) -> list[tuple[str, Program]]:
     return [(kind, KINDS[kind][1]) for kind in rng.choices(names, weights, k=count)]
 
 
-def _children(pid: int) -> list[int]:
-    kids = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return kids
-    for task in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{task}/children") as handle:
-                kids += [int(k) for k in handle.read().split()]
-        except OSError:
-            pass
-    return kids
-
-
 def descendants(pid: int | None = None) -> set[int]:
     found, frontier = set(), [pid or os.getpid()]
     while frontier:
-        kids = _children(frontier.pop())
+        kids = _children_of(frontier.pop())
         found.update(kids)
         frontier += kids
     return found

@@ -54,11 +54,7 @@ def test_sigterm_checkpoints_the_last_step_exits_0_and_resume_matches(tmp_path, 
     proc = kc.launch(cmd, out.with_suffix(".log"))
     wait_for_metrics(proc, out)
     proc.send_signal(signal.SIGTERM)
-    try:
-        code = proc.wait(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        kc.kill9(proc)
-        raise
+    code = wait_or_kill(proc)
     log = out.with_suffix(".log").read_text()
     assert code == 0, log[-2000:]
     assert "stopped by SIGTERM" in log
@@ -69,6 +65,15 @@ def test_sigterm_checkpoints_the_last_step_exits_0_and_resume_matches(tmp_path, 
     assert run_to_end(cmd + ["--run.resume", "true"], out.with_suffix(".log")) == 0
     assert kc.losses(out) == pytest.approx(kc.losses(ref), abs=1e-6)
     assert (out / "final").exists()
+
+
+def wait_or_kill(proc) -> int:
+    """The process's exit code; a process still running after TIMEOUT_S is killed and the test fails."""
+    try:
+        return proc.wait(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        kc.kill9(proc)
+        raise
 
 
 def test_a_second_sigterm_exits_at_once_with_a_failure_code(tmp_path, saved_tiny):
@@ -83,11 +88,7 @@ def test_a_second_sigterm_exits_at_once_with_a_failure_code(tmp_path, saved_tiny
     while "SIGTERM received" not in out.with_suffix(".log").read_text() and time.monotonic() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
-    try:
-        code = proc.wait(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        kc.kill9(proc)
-        raise
+    code = wait_or_kill(proc)
     assert code == 128 + signal.SIGTERM, out.with_suffix(".log").read_text()[-2000:]
     assert kc.latest_step(out) >= 1 and not kc.temp_folders(out) and not (out / LOCK_NAME).exists()
 

