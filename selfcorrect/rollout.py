@@ -11,13 +11,14 @@ so one forward pass gives the log-probs of every attempt.
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 
 from .batches import pad_rows
+from .engines.base import Engine, SamplingSettings
+from .engines.hf import HFGenerate
 from .tasks.base import Problem, Task, Verdict
 
 _SENTINEL = "\u2063SELFCORRECT_SENTINEL\u2063"
@@ -104,14 +105,6 @@ class ChatFormat:
 
 
 @dataclass
-class SamplingSettings:
-    greedy: bool = True
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 256
-
-
-@dataclass
 class Rollout:
     """Episodes of one batch. Row b answers problems[problem_index[b]]."""
 
@@ -123,6 +116,8 @@ class Rollout:
     texts: list[list[str]] = field(default_factory=list)       # [row][attempt] decoded, for verifiers
     truncated: list[list[bool]] = field(default_factory=list)  # [row][attempt] hit max_new_tokens
     verdicts: list[list[Verdict]] = field(default_factory=list)  # [row][attempt], after `verify`
+    # [row][attempt]: the engine's log-prob per generated token, None where it has none (or given)
+    sample_logprobs: list[list[list[float] | None]] = field(default_factory=list)
     generated_tokens: int = 0
     generation_seconds: float = 0.0
 
@@ -142,87 +137,13 @@ class Rollout:
         return ids.to(device), mask.to(device), turn.to(device)
 
 
-def generation_config(settings: SamplingSettings, *, stop_ids, pad_id: int):
-    """A GenerationConfig that samples from exactly softmax(z / T) (or takes the argmax).
-
-    transformers fills every field we leave unset from the model's generation_config.json and
-    then from its own defaults (top_k = 50); models ship top_k, top_p, repetition penalties and
-    min_p. The policy gradient is only right for the distribution we sample from, so every
-    field that could filter or reshape the logits is set here to its neutral value, and
-    `generate` hides the model's own generation config while it runs.
-    """
-    from transformers import GenerationConfig
-
-    sample = not settings.greedy
-    return GenerationConfig(
-        max_new_tokens=settings.max_new_tokens, min_length=0, do_sample=sample,
-        temperature=settings.temperature if sample else 1.0, top_p=settings.top_p if sample else 1.0,
-        # top_k: 0 = off when sampling; None when greedy (unused there, and 0 draws a warning)
-        top_k=0 if sample else None, min_p=None, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
-        repetition_penalty=1.0, encoder_repetition_penalty=1.0, no_repeat_ngram_size=0,
-        encoder_no_repeat_ngram_size=0, length_penalty=1.0, num_beams=1, num_return_sequences=1,
-        bad_words_ids=None, suppress_tokens=None, begin_suppress_tokens=None, sequence_bias=None,
-        forced_bos_token_id=None, forced_eos_token_id=None, exponential_decay_length_penalty=None,
-        renormalize_logits=False, remove_invalid_values=False, guidance_scale=None,
-        eos_token_id=sorted(stop_ids), pad_token_id=pad_id, bos_token_id=None)
-
-
-@contextmanager
-def _own_generation_defaults(model):
-    """Hide the model's shipped generation_config.json during `generate` (see generation_config)."""
-    from transformers import GenerationConfig
-
-    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
-    shipped = hf.generation_config
-    hf.generation_config = GenerationConfig()
-    try:
-        yield
-    finally:
-        hf.generation_config = shipped
-
-
-def generate(model, contexts: list[list[int]], settings: SamplingSettings, *, stop_ids,
-             pad_id: int, batch_size: int, row_seeds: list[int] | None = None) -> tuple[list[list[int]], list[bool]]:
-    """Continue each context; return the new ids per row (up to and incl. the first stop token)
-    and whether the row was cut at max_new_tokens. Rows are left-padded in batches of
-    `batch_size`. stop_ids: the ids that end a turn (ChatFormat.stop_ids). row_seeds: when
-    sampling, one seed per row, so each row's tokens depend only on its seed
-    (sampling.GumbelSampler) instead of on the process's RNG stream."""
-    from transformers import LogitsProcessorList
-
-    from .sampling import GumbelSampler
-
-    stop_ids = frozenset(stop_ids)
-    seeded = row_seeds is not None and not settings.greedy
-    if seeded and settings.top_p < 1.0:
-        raise ValueError("per-row seeded sampling draws from the full softmax(z / T); it needs top_p 1.0")
-    if row_seeds is not None and len(row_seeds) != len(contexts):
-        raise ValueError(f"row_seeds has {len(row_seeds)} seeds for {len(contexts)} rows")
-    # seeded: argmax of z / T + the row's own Gumbel noise, i.e. greedy decoding of perturbed logits
-    gen_settings = replace(settings, greedy=True) if seeded else settings
-    gen_cfg = generation_config(gen_settings, stop_ids=stop_ids, pad_id=pad_id)
-    device = next(model.parameters()).device
-    outputs: list[list[int]] = []
-    cut: list[bool] = []
-    for start in range(0, len(contexts), batch_size):
-        chunk = contexts[start:start + batch_size]
-        ids, mask = pad_rows(chunk, pad_id, side="left")
-        extra = {}
-        if seeded:
-            sampler = GumbelSampler(row_seeds[start:start + batch_size], settings.temperature, device)
-            extra["logits_processor"] = LogitsProcessorList([sampler])
-        with torch.no_grad(), _own_generation_defaults(model):
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                 generation_config=gen_cfg, **extra)
-        for row in out[:, ids.shape[1]:].tolist():
-            end = next((i for i, t in enumerate(row) if t in stop_ids), None)
-            if end is not None:
-                outputs.append(row[: end + 1])
-                cut.append(False)
-            else:
-                outputs.append(row)
-                cut.append(len(row) >= settings.max_new_tokens)
-    return outputs, cut
+def generate(model, contexts: list[list[int]], settings: SamplingSettings, *, stop_ids, pad_id: int,
+             batch_size: int, row_seeds: list[int] | None = None,
+             engine: Engine | None = None) -> tuple[list[list[int]], list[bool]]:
+    """Continue each context with `engine` (default: Hugging Face generate); (new ids, cut) per row."""
+    out = (engine or HFGenerate()).generate(model, contexts, settings, stop_ids=stop_ids, pad_id=pad_id,
+                                            batch_size=batch_size, row_seeds=row_seeds)
+    return out.ids, out.cut
 
 
 def check_context_fits(model, problems: list[Problem], contexts: list[list[int]], n_attempts: int,
@@ -244,16 +165,15 @@ def check_context_fits(model, problems: list[Problem], contexts: list[list[int]]
 def rollout(model, tokenizer, task: Task, problems: list[Problem], *, n_attempts: int,
             samples_per_problem: int, settings: SamplingSettings, batch_size: int,
             fmt: ChatFormat | None = None, first_attempts: list[list[int]] | None = None,
-            row_seeds: list[int] | None = None) -> Rollout:
+            row_seeds: list[int] | None = None, engine: Engine | None = None) -> Rollout:
     """Generate `samples_per_problem` episodes of `n_attempts` attempts for each problem.
 
     Rows are grouped by problem (row b answers problem b // samples_per_problem), which is the
     [P, k] layout RLOO expects. first_attempts: attempt-1 ids per row, taken as given instead of
     generated (fixed samples of another model: the 'w/o on-policy turn 1' ablation).
     row_seeds: one seed per row for per-row seeded sampling (see `generate`); attempt a of row b
-    samples with seed mix(row_seeds[b], a)."""
-    from .sampling import row_seed
-
+    samples with seed mix(row_seeds[b], a). engine: what generates (default: Hugging Face
+    generate); its state (e.g. the KV cache attempt 2 continues) is dropped when this returns."""
     fmt = fmt or ChatFormat(tokenizer, model)
     pad_id = tokenizer.pad_token_id
     out = Rollout(problems=list(problems),
@@ -265,32 +185,50 @@ def rollout(model, tokenizer, task: Task, problems: list[Problem], *, n_attempts
     out.turns = [[0] * len(r) for r in out.rows]
     out.attempts = [[] for _ in out.rows]
     out.truncated = [[] for _ in out.rows]
+    out.sample_logprobs = [[] for _ in out.rows]
+    engine = engine or HFGenerate()
     start = time.perf_counter()
     if first_attempts is not None and len(first_attempts) != len(out.rows):
         raise ValueError(f"first_attempts has {len(first_attempts)} rows, the rollout {len(out.rows)}")
-    for attempt in range(1, n_attempts + 1):
-        if attempt == 1 and first_attempts is not None:
-            new_ids = [list(ids) for ids in first_attempts]
-            cut = [bool(ids) and ids[-1] not in fmt.stop_ids and len(ids) >= settings.max_new_tokens
-                   for ids in new_ids]
-        else:
-            seeds = None if row_seeds is None else [row_seed(s, attempt) for s in row_seeds]
-            new_ids, cut = generate(model, out.rows, settings, stop_ids=fmt.stop_ids, pad_id=pad_id,
-                                    batch_size=batch_size, row_seeds=seeds)
-        for b, ids in enumerate(new_ids):
-            out.rows[b] += ids
-            out.turns[b] += [attempt] * len(ids)
-            out.attempts[b].append(ids)
-            out.truncated[b].append(cut[b])
-            if not (attempt == 1 and first_attempts is not None):
-                out.generated_tokens += len(ids)
-            if attempt < n_attempts:
-                glue = fmt.join_ids(ids, between)
-                out.rows[b] += glue
-                out.turns[b] += [0] * len(glue)
+    try:
+        for attempt in range(1, n_attempts + 1):
+            _add_attempt(out, attempt, model, engine, fmt, settings, between, batch_size, pad_id,
+                         first_attempts if attempt == 1 else None, row_seeds, n_attempts)
+    finally:
+        engine.reset()  # a cache of this policy's keys and values is stale after the next update
     out.generation_seconds = time.perf_counter() - start
     out.texts = [[tokenizer.decode(a, skip_special_tokens=True) for a in row] for row in out.attempts]
     return out
+
+
+def _add_attempt(out: Rollout, attempt: int, model, engine: Engine, fmt: ChatFormat, settings, between,
+                 batch_size: int, pad_id: int, given: list[list[int]] | None, row_seeds, n_attempts: int) -> None:
+    """Generate (or take as `given`) attempt `attempt` of every row and append it, plus the
+    between-turn ids when another attempt follows."""
+    from .sampling import row_seed
+
+    logprobs = None
+    if given is not None:
+        new_ids = [list(ids) for ids in given]
+        cut = [bool(ids) and ids[-1] not in fmt.stop_ids and len(ids) >= settings.max_new_tokens
+               for ids in new_ids]
+    else:
+        seeds = None if row_seeds is None else [row_seed(s, attempt) for s in row_seeds]
+        gen = engine.generate(model, out.rows, settings, stop_ids=fmt.stop_ids, pad_id=pad_id,
+                              batch_size=batch_size, row_seeds=seeds)
+        new_ids, cut, logprobs = gen.ids, gen.cut, gen.logprobs
+    for b, ids in enumerate(new_ids):
+        out.rows[b] += ids
+        out.turns[b] += [attempt] * len(ids)
+        out.attempts[b].append(ids)
+        out.truncated[b].append(cut[b])
+        out.sample_logprobs[b].append(None if logprobs is None else logprobs[b])
+        if given is None:
+            out.generated_tokens += len(ids)
+        if attempt < n_attempts:
+            glue = fmt.join_ids(ids, between)
+            out.rows[b] += glue
+            out.turns[b] += [0] * len(glue)
 
 
 def verify(task: Task, ro: Rollout) -> None:
