@@ -46,6 +46,9 @@ class TaskConfig:
     test_split: str = opt("test", "split used for evaluation")
 
 
+ENGINE_NAMES = ("auto", "hf", "cached")
+
+
 @dataclass
 class RolloutConfig:
     attempts: int = opt(2, "attempts per episode (training uses 2; evaluation may use 3+)")
@@ -54,6 +57,10 @@ class RolloutConfig:
     top_p: float = opt(1.0, "nucleus sampling threshold during training")
     max_new_tokens: int = opt(256, "maximum new tokens per attempt")
     batch_size: int = opt(64, "rows generated at once (memory bound)")
+    engine: str = opt("auto", "what generates (training and evaluation): cached (our decode loop: one prefill per "
+                      "distinct prompt, attempt 2 continues attempt 1's KV cache, finished rows leave the batch), "
+                      "hf (Hugging Face generate, the reference), auto (cached where the model has full attention "
+                      "in every layer, else hf)", ENGINE_NAMES)
     seeding: str = opt("auto", "training sampling: stream (one RNG stream per process), problem (each row "
                        "seeded from the run seed, the problem's position in the data order and the sample "
                        "number: the same rows at any batch size or world size), or auto (stream on one "
@@ -228,6 +235,11 @@ def _check_type(key: str, value: Any, annotation: Any, choices) -> Any:
     """Coerce/verify one value against its annotation; reject it with the key named."""
     if annotation in ("float", float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if annotation in ("float", float) and isinstance(value, str):
+        try:  # YAML 1.1 reads 3e-4 (no dot) as a string; it is a float to anyone writing a config
+            value = float(value)
+        except ValueError:
+            pass
     expected = {"str": str, "int": int, "float": float, "bool": bool, "dict": dict}.get(annotation, annotation)
     if isinstance(expected, type):
         bad = not isinstance(value, expected) or (expected is int and isinstance(value, bool))

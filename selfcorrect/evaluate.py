@@ -19,6 +19,7 @@ from .config import Config, save_yaml
 from .parallel import generation_view
 from .progress import progress as progress_report
 from .results import EvalResult, gather_problems, problem_record, rewards_row, summarise
+from .engines import make_engine
 from .rollout import ChatFormat, SamplingSettings, rollout, verify
 from .tasks import build_task
 from .tasks.base import Problem, Task
@@ -26,7 +27,7 @@ from .tasks.base import Problem, Task
 
 def evaluate(model, tokenizer, task: Task, problems: list[Problem], *, attempts: int = 2,
              max_new_tokens: int = 256, batch_size: int = 64, bootstrap: int = 1000, seed: int = 0,
-             progress: bool = True, desc: str = "eval") -> EvalResult:
+             progress: bool = True, desc: str = "eval", engine: str = "auto") -> EvalResult:
     """Greedy (T = 0) evaluation of `attempts` attempts per problem, as in the paper.
 
     Launched on several processes, each rank evaluates a contiguous block of the problems and
@@ -36,6 +37,7 @@ def evaluate(model, tokenizer, task: Task, problems: list[Problem], *, attempts:
         raise ValueError(f"task {task.name!r}: no problems to evaluate")
     fmt = ChatFormat(tokenizer, model)
     settings = SamplingSettings(greedy=True, max_new_tokens=max_new_tokens)
+    generator = make_engine(engine, model)
     model.eval()
     lo, hi = distributed.shard_bounds(len(problems))
     mine = problems[lo:hi]
@@ -45,7 +47,7 @@ def evaluate(model, tokenizer, task: Task, problems: list[Problem], *, attempts:
     for start in range(0, len(mine), batch_size):
         chunk = mine[start:start + batch_size]
         ro = rollout(model, tokenizer, task, chunk, n_attempts=attempts, samples_per_problem=1,
-                     settings=settings, batch_size=batch_size, fmt=fmt)
+                     settings=settings, batch_size=batch_size, fmt=fmt, engine=generator)
         verify(task, ro)
         for j, problem in enumerate(chunk):
             correct[start + j] = rewards_row(ro.verdicts[j])
@@ -102,7 +104,8 @@ def evaluate_config(cfg: Config, *, model=None, tokenizer=None, task: Task | Non
             if refine:
                 result = self_refine_evaluate(model, tokenizer, task, problems, **settings)
             else:
-                result = evaluate(model, tokenizer, task, problems, attempts=cfg.eval.attempts, **settings)
+                result = evaluate(model, tokenizer, task, problems, attempts=cfg.eval.attempts,
+                                  engine=cfg.rollout.engine, **settings)
             if cfg.eval.scaling:
                 from .scaling import inference_scaling, write_scaling
 

@@ -401,8 +401,8 @@ def combine_stats(parts: list[dict[str, float]]) -> dict[str, float]:
     Independent of how the step was split into micro-batches."""
     total: dict[str, float] = {}
     for part in parts:
-        for key, value in part.items():
-            total[key] = total.get(key, 0.0) + value
+        for key, value in part.items():  # sums, except maxima (keys ending in _max)
+            total[key] = max(total.get(key, value), value) if key.endswith("_max") else total.get(key, 0.0) + value
     for key in [k for k in total if k.startswith("kl_sum_t")]:
         i = key[len("kl_sum_t"):]
         count = total.get(f"n_tokens_t{i}", 0.0)

@@ -42,13 +42,16 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str = "constant") ->
 
 
 def fp32_master_weights(model) -> torch.dtype | None:
-    """Upcast trainable bf16/fp16 parameters to fp32 in place; return the half dtype they had
-    (to use as the autocast dtype), or None when every trainable parameter was already fp32.
+    """Upcast trainable bf16/fp16 parameters to fp32 in place; return the half dtype to run
+    under autocast: the trainable parameters' half dtype, else that of frozen half weights (a
+    bf16 LoRA base with fp32 adapters: without autocast the fp32 adapters and log-softmax pull
+    the forward out of bf16), or None when the model is all fp32.
 
     Frozen parameters (a LoRA base) stay as they are: they are never updated."""
     half = {p.dtype for p in model.parameters() if p.requires_grad and p.dtype in HALF}
     if not half:
-        return None
+        frozen = {p.dtype for p in model.parameters() if p.dtype in HALF}
+        return frozen.pop() if len(frozen) == 1 else None
     if len(half) > 1:
         raise ValueError(f"trainable parameters mix half dtypes {sorted(map(str, half))}")
     for p in model.parameters():

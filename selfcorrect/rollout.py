@@ -18,6 +18,7 @@ import torch
 
 from .batches import pad_rows
 from .engines.base import Engine, SamplingSettings
+from .engines import make_engine
 from .engines.hf import HFGenerate
 from .tasks.base import Problem, Task, Verdict
 
@@ -136,6 +137,17 @@ class Rollout:
         turn, _ = pad_rows([self.turns[i] for i in rows], 0)
         return ids.to(device), mask.to(device), turn.to(device)
 
+    def engine_logprobs(self, rows: Sequence[int], width: int) -> torch.Tensor:
+        """[b, width] fp32: the engine's log-prob of each generated token of `rows`, at its
+        column of `tensors(rows)`; NaN on context, padding and attempts without engine log-probs."""
+        out = torch.full((len(rows), width), float("nan"))
+        for j, i in enumerate(rows):
+            for turn, values in enumerate(self.sample_logprobs[i] if self.sample_logprobs else [], start=1):
+                if values and turn in self.turns[i]:  # attempt tokens are contiguous in the row
+                    col = self.turns[i].index(turn)
+                    out[j, col:col + len(values)] = torch.tensor(values)
+        return out
+
 
 def generate(model, contexts: list[list[int]], settings: SamplingSettings, *, stop_ids, pad_id: int,
              batch_size: int, row_seeds: list[int] | None = None,
@@ -172,8 +184,8 @@ def rollout(model, tokenizer, task: Task, problems: list[Problem], *, n_attempts
     [P, k] layout RLOO expects. first_attempts: attempt-1 ids per row, taken as given instead of
     generated (fixed samples of another model: the 'w/o on-policy turn 1' ablation).
     row_seeds: one seed per row for per-row seeded sampling (see `generate`); attempt a of row b
-    samples with seed mix(row_seeds[b], a). engine: what generates (default: Hugging Face
-    generate); its state (e.g. the KV cache attempt 2 continues) is dropped when this returns."""
+    samples with seed mix(row_seeds[b], a). engine: what generates (default: engines 'auto');
+    its state (e.g. the KV cache attempt 2 continues) is dropped when this returns."""
     fmt = fmt or ChatFormat(tokenizer, model)
     pad_id = tokenizer.pad_token_id
     out = Rollout(problems=list(problems),
@@ -186,7 +198,7 @@ def rollout(model, tokenizer, task: Task, problems: list[Problem], *, n_attempts
     out.attempts = [[] for _ in out.rows]
     out.truncated = [[] for _ in out.rows]
     out.sample_logprobs = [[] for _ in out.rows]
-    engine = engine or HFGenerate()
+    engine = engine or make_engine("auto", model)
     start = time.perf_counter()
     if first_attempts is not None and len(first_attempts) != len(out.rows):
         raise ValueError(f"first_attempts has {len(first_attempts)} rows, the rollout {len(out.rows)}")

@@ -52,9 +52,14 @@ class GumbelSampler:
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if scores.shape[0] != len(self.generators):
             raise ValueError(f"GumbelSampler has {len(self.generators)} seeds for {scores.shape[0]} rows")
+        return self.perturb(scores, range(len(self.generators)))
+
+    def perturb(self, scores: torch.Tensor, rows) -> torch.Tensor:
+        """z / T + Gumbel noise for scores [b, V] whose row i belongs to seed rows[i] (an engine
+        that drops finished rows from its batch passes the survivors' seed indices)."""
         vocab = scores.shape[1]
-        u = torch.stack([torch.rand(vocab, generator=g, device=scores.device, dtype=torch.float64)
-                         for g in self.generators])
+        u = torch.stack([torch.rand(vocab, generator=self.generators[i], device=scores.device, dtype=torch.float64)
+                         for i in rows])
         # u in [0, 1): u = 0 gives −inf noise (never chosen), which is the correct limit
         gumbel = -torch.log(-torch.log(u))
         return (scores.double() / self.temperature + gumbel).to(scores.dtype)

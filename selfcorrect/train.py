@@ -40,6 +40,7 @@ from .metrics import edit_distance_ratio, self_correction_metrics
 from .optim import adamw, autocast, fp32_master_weights, lr_factor
 from .parallel import Replicated, generation_view
 from .progress import progress
+from .engines import make_engine
 from .rollout import ChatFormat, SamplingSettings, rollout, verify
 from .sampling import row_seed, text_key
 from .tasks.base import Task
@@ -111,6 +112,7 @@ class Trainer:
         self.reference = models.Reference(self.model, uses_lora=isinstance(self.model, PeftModel))
         self.compute_dtype = fp32_master_weights(self.model)  # None: plain fp32 compute
         self.fmt = ChatFormat(tokenizer, self.model)
+        self.engine = make_engine(cfg.rollout.engine, self.model)
         # DDP / FSDP wrapper on several processes (the bare model on one); the optimizer comes
         # after it because FSDP replaces the parameters by their shards
         self.replicated = Replicated(self.model, cfg.distributed.strategy)
@@ -271,7 +273,7 @@ class Trainer:
             with self.replicated.generation() as policy:
                 ro = rollout(policy, self.tok, self.task, problems, n_attempts=n_att, samples_per_problem=k,
                              settings=sampling, batch_size=cfg.rollout.batch_size, fmt=self.fmt,
-                             first_attempts=given, row_seeds=seeds)
+                             first_attempts=given, row_seeds=seeds, engine=self.engine)
         if given is not None:  # fixed base-model samples are context here: never trained, no KL
             ro.turns = [[0 if t == 1 else t for t in turns] for turns in ro.turns]
         with timer("verify"):
@@ -339,7 +341,7 @@ class Trainer:
                                                  denominator=max(denominator, 1.0))
                 (loss * self.replicated.grad_scale if self.world > 1 else loss).backward()
                 total += float(loss.detach())
-                parts.append(stats)
+                parts.append({**stats, **engine_gap(logp.detach(), ro.engine_logprobs(rows, ids.shape[1])[:, first:])})
         if self.world > 1:  # the step's statistics are sums: add every rank's micro-batches
             parts = [part for rank_parts in distributed.gather_objects(parts) for part in rank_parts]
             total = distributed.all_reduce_sums({"loss": total})["loss"]
@@ -367,7 +369,7 @@ class Trainer:
             if missing:
                 ro = rollout(base, self.tok, self.task, missing, n_attempts=1, samples_per_problem=k,
                              settings=sampling, batch_size=self.cfg.rollout.batch_size, fmt=self.fmt,
-                             row_seeds=seeds)
+                             row_seeds=seeds, engine=self.engine)
                 for j, p in enumerate(missing):
                     self.base_turn1[p.id] = [ro.attempts[j * k + s][0] for s in range(k)]
         return [ids for p in problems for ids in self.base_turn1[p.id]]
@@ -423,7 +425,10 @@ class Trainer:
         m["no_baseline_attempts"] = sum(part["no_baseline"] for part in ranks)
         if n_att > 1:
             m["edit_ratio"] = float(np.mean([e for part in ranks for e in part["edit"]]))
-        m.update({k: v for k, v in stats.items() if not k.startswith(("kl_sum_t", "n_tokens_t"))})
+        m.update({k: v for k, v in stats.items() if not k.startswith(("kl_sum_t", "n_tokens_t", "engine_gap_"))})
+        if stats.get("engine_gap_n"):  # how far the sampler's log-probs are from the trained ones
+            m["engine_logprob_gap"] = stats["engine_gap_sum"] / stats["engine_gap_n"]
+            m["engine_logprob_gap_max"] = stats["engine_gap_max"]
         # all ranks' tokens over the slowest rank's generation time
         m["gen_tokens_per_s"] = (sum(part["tokens"] for part in ranks)
                                  / max(max(part["seconds"] for part in ranks), 1e-9))
@@ -475,6 +480,17 @@ class Trainer:
         self.state = {**initial_state(), **state}  # checkpoints from before a key existed
         self._saved_step = state["step"]
         distributed.on_main(lambda: drop_metrics_after(self.run_dir / "metrics.jsonl", state["step"]))
+
+
+def engine_gap(logp: torch.Tensor, engine_logp: torch.Tensor) -> dict[str, float]:
+    """Sums for the mean |log π_train − log π_engine| over generated tokens the engine scored.
+    logp, engine_logp: [b, T'] aligned (NaN in engine_logp where it has no value). A gap well
+    above numerical noise means the sampler is not sampling from the policy being trained
+    (precision, a stale cache, different kernels): the policy gradient is then off-policy."""
+    known = ~torch.isnan(engine_logp)
+    gap = (logp.float().cpu() - engine_logp)[known].abs()
+    return {"engine_gap_sum": float(gap.sum()), "engine_gap_n": float(gap.numel()),
+            "engine_gap_max": float(gap.max()) if gap.numel() else 0.0}
 
 
 def initial_state() -> dict:

@@ -98,3 +98,16 @@ def test_task_options_merge_across_sources(tmp_path):
     cfg = load_yaml(path)
     set_value(cfg, "task.options", {"digits": 1, "ops": "+"})
     assert cfg.task.options == {"style": "demo", "digits": 1, "ops": "+"}
+
+
+def test_exponent_floats_without_a_dot_are_floats(tmp_path):
+    from selfcorrect.config import Config, load_yaml, parse_cli_value, set_value
+
+    cfg = Config()
+    set_value(cfg, "optim.lr", parse_cli_value("3e-4", "float"))
+    assert cfg.optim.lr == 3e-4
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 5e-6\n")
+    assert load_yaml(path).optim.lr == 5e-6
+    with pytest.raises(ValueError, match="optim.lr"):
+        set_value(cfg, "optim.lr", "fast")

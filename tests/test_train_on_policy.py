@@ -47,6 +47,23 @@ def test_log_probs_are_computed_without_dropout(tmp_path):
     assert first["kl_t1"] == pytest.approx(0.0, abs=1e-9) and first["kl_t2"] == pytest.approx(0.0, abs=1e-9)
 
 
+def test_lora_on_a_bf16_base_computes_under_bf16_autocast(tmp_path):
+    """fp32 adapters on a bf16 base: the adapters stay fp32 and the step runs under bf16
+    autocast (without it the fp32 adapters and log-softmax pull the forward out of bf16)."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = tiny_config(tmp_path)
+    cfg.model.lora = True
+    cfg.algo.stage1_steps, cfg.algo.stage2_steps = 1, 0
+    tok = tiny_tokenizer()
+    model = get_peft_model(tiny_model(tok).to(torch.bfloat16), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    trainer = Trainer(cfg, EchoTask(5, answer=VARIED), model=model, tokenizer=tok)
+    assert trainer.compute_dtype == torch.bfloat16
+    assert {p.dtype for p in trainer.model.parameters() if p.requires_grad} == {torch.float32}
+    metrics = trainer.train()[0]
+    assert all(map(lambda v: v == v, [metrics["loss"], metrics["kl_t1"]]))  # finite, not NaN
+
+
 def test_full_weight_bf16_training_moves_every_parameter_with_a_gradient(tmp_path):
     """bf16 weights updated in bf16 round updates below half a bf16 step to zero; the trainer
     keeps fp32 master weights and computes in bf16 under autocast."""

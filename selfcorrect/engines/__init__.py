@@ -1,6 +1,8 @@
 """Rollout engines: what turns token contexts into sampled continuations (see base.py).
 
 - hf: Hugging Face `generate` on left-padded batches; the reference the others are tested against.
+- cached: our decode loop that shares prompt prefills, keeps [x, y1]'s keys/values for attempt 2
+  and drops finished rows from the batch.
 """
 
 from __future__ import annotations
@@ -12,11 +14,17 @@ from .base import Engine, Generated, SamplingSettings
 # name -> "module:class", imported on demand (an engine may need an optional package)
 ENGINES = {
     "hf": "selfcorrect.engines.hf:HFGenerate",
+    "cached": "selfcorrect.engines.cached:CachedEngine",
 }
 
 
-def make_engine(name: str) -> Engine:
-    """A fresh engine by name (one of ENGINES)."""
+def make_engine(name: str, model=None) -> Engine:
+    """A fresh engine by name (one of ENGINES, or 'auto': cached when `model` has full
+    attention in every layer, else hf)."""
+    if name == "auto":
+        from .cached import supports
+
+        name = "cached" if model is not None and supports(model) else "hf"
     if name not in ENGINES:
         raise ValueError(f"unknown rollout engine {name!r}; known: {', '.join(sorted(ENGINES))}")
     module, cls = ENGINES[name].split(":")
