@@ -37,6 +37,27 @@ def pad_rows(rows: Sequence[Sequence[int]], pad: int, side: str = "right") -> tu
     return values, attention
 
 
+def micro_batches(order: Sequence[int], lengths: Sequence[int], max_rows: int,
+                  max_tokens: int = 0) -> list[list[int]]:
+    """Split `order` (row indices, best sorted by length so that a group pads little) into
+    consecutive groups of at most `max_rows` rows and, when max_tokens > 0, at most
+    `max_tokens` padded tokens (rows x the group's longest row). A row longer than the budget
+    forms a group alone. lengths[i]: the token count of row i."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i in order:
+        wider = max(longest, lengths[i])
+        if current and (len(current) == max_rows or (max_tokens and (len(current) + 1) * wider > max_tokens)):
+            groups.append(current)
+            current, wider = [], lengths[i]
+        current.append(i)
+        longest = wider
+    if current:
+        groups.append(current)
+    return groups
+
+
 def token_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, first: int,
                    temperature: float = 1.0) -> torch.Tensor:
     """log softmax(z / T)[token t] given tokens < t, for t in [first, T): [b, T - first] fp32.

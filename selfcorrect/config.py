@@ -103,6 +103,11 @@ class OptimConfig:
                                    "stop after this many such steps in a row")
     problems_per_step: int = opt(16, "problems per optimizer step (x samples_per_problem rows)")
     micro_batch_size: int = opt(16, "rows per forward/backward; gradients accumulate over the step")
+    micro_batch_tokens: int = opt(0, "also cap each micro-batch at this many padded tokens (rows x its longest "
+                                  "row; rows are grouped by length): long rollouts get fewer rows per pass, short "
+                                  "ones more (0 = rows only)")
+    gradient_checkpointing: bool = opt(False, "recompute each layer's activations in the backward instead of "
+                                       "keeping them: far less activation memory for about a third more compute")
 
 
 @dataclass
@@ -193,6 +198,7 @@ class Config:
             (0 <= self.model.lora_dropout < 1, "model.lora_dropout must be in [0, 1)"),
             (self.optim.problems_per_step >= 1, "optim.problems_per_step must be >= 1"),
             (self.optim.micro_batch_size >= 1, "optim.micro_batch_size must be >= 1"),
+            (self.optim.micro_batch_tokens >= 0, "optim.micro_batch_tokens must be >= 0 (0 = rows only)"),
             (self.sft.lr > 0, "sft.lr must be > 0"),
             (self.sft.batch_size >= 1 and self.sft.micro_batch_size >= 1, "sft.batch_size / sft.micro_batch_size must be >= 1"),
             (self.sft.iterations >= 1, "sft.iterations must be >= 1"),

@@ -287,3 +287,39 @@ def save_final(model, tokenizer, folder: Path, merge_lora: bool = True) -> None:
         else:
             model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+
+
+# ----------------------------------------------------------------------------- gradient checkpointing
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each decoder layer's activations in the backward instead of keeping them
+    (non-reentrant checkpoints: LoRA needs no input-gradient hook)."""
+    if not getattr(model, "supports_gradient_checkpointing", True):
+        raise ValueError(f"{type(model).__name__} does not support gradient checkpointing")
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # the transformers >= 5.2x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+@contextlib.contextmanager
+def checkpointing(model, active: bool):
+    """Let checkpointed layers checkpoint while the policy stays in eval mode.
+
+    transformers checkpoints a layer only when that layer is in training mode, but the policy
+    is trained in eval mode (no dropout: the update scores the sampled tokens as the sampler
+    did). So the checkpointed layers alone are marked as training, not their children
+    (attention and MLP keep eval behaviour), for the duration of the forward."""
+    if not active:
+        yield
+        return
+    layers = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    before = [m.training for m in layers]
+    for layer in layers:
+        layer.training = True
+    try:
+        yield
+    finally:
+        for layer, value in zip(layers, before):
+            layer.training = value

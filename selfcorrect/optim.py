@@ -60,8 +60,25 @@ def fp32_master_weights(model) -> torch.dtype | None:
     return half.pop()
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """Autocast to `dtype` on `device`, or a no-op when dtype is None (fp32 compute)."""
+@contextlib.contextmanager
+def autocast(device: torch.device, dtype: torch.dtype | None, model=None):
+    """Autocast to `dtype` on `device`, or a no-op when dtype is None (fp32 compute).
+
+    With `model`, its peft LoRA layers stop casting their inputs to the adapters' fp32 dtype
+    meanwhile: autocast chooses the matmul dtype anyway, and those casts copied every
+    activation of every adapted layer to fp32 and back (on CPU, aten::copy_ was a fifth of a
+    bf16 LoRA update)."""
     if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+        yield
+        return
+    # peft reads this flag in BaseTunerLayer._cast_input_dtype (peft.helpers.disable_input_dtype_casting)
+    layers = [m for m in model.modules() if hasattr(m, "_cast_input_dtype")] if model is not None else []
+    before = [getattr(m, "cast_input_dtype_enabled", True) for m in layers]
+    for layer in layers:
+        layer.cast_input_dtype_enabled = False
+    try:
+        with torch.autocast(device_type=device.type, dtype=dtype):
+            yield
+    finally:
+        for layer, value in zip(layers, before):
+            layer.cast_input_dtype_enabled = value

