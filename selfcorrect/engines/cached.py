@@ -84,7 +84,8 @@ class CachedEngine:
             if len(done) == len(active):
                 return
             if done:  # compact: finished rows leave the batch
-                stay = torch.tensor([j for j in range(len(active)) if j not in set(done)], device=device)
+                finished = set(done)
+                stay = torch.tensor([j for j in range(len(active)) if j not in finished], device=device)
                 cache.batch_select_indices(stay)
                 mask, tokens = mask[stay], tokens[stay]
                 active = [active[j] for j in stay.tolist()]
