@@ -16,7 +16,8 @@ with a filler system message.
    default engine) on the same model and prompts, Stage I, one warm-up step and one measured
    step. The update is the step's wall time minus its rollout, verify and rewards phases:
    reference and policy log-probs, the loss, backward (micro-batches of --micro-batch rows),
-   clipping and AdamW.
+   clipping and AdamW; on full rows (optim.share_prompt off), so that MFU's token count is the
+   work actually done.
    MFU = 6 x params x trained tokens / update seconds / peak bf16 FLOP/s, with trained tokens =
    the real (unpadded) tokens of the step's episode rows [x, y1, p, y2] (the row glue p is
    counted as the full instruction: a random model never ends an attempt with a stop token).
@@ -90,6 +91,9 @@ def trainer_config(args, device: torch.device, out: Path) -> Config:
     r.temperature = 1.0  # the paper's training temperature
     cfg.optim.problems_per_step, cfg.optim.micro_batch_size = args.batch // args.samples, args.micro_batch
     cfg.optim.lr = 1e-6
+    # MFU counts every token of every row: the update must compute them all (sharing each
+    # prompt's pass, the default, does less work; benchmarks/update_speed.py measures that gain)
+    cfg.optim.share_prompt = False
     cfg.algo.stage1_steps, cfg.algo.stage2_steps = 2, 0
     cfg.run.output_dir, cfg.run.progress, cfg.run.overwrite, cfg.run.save_every = str(out), False, True, 1000
     return cfg

@@ -89,6 +89,7 @@ def our_config(args, model_name: str, out: Path):
     r.engine = args.engine
     r.batch_size = rows  # every row at once, as TRL generates its whole batch
     cfg.optim.problems_per_step, cfg.optim.micro_batch_size = args.problems, args.micro_batch or rows
+    cfg.optim.share_prompt = not args.full_rows
     cfg.algo.stage1_steps, cfg.algo.stage2_steps = args.steps + 1, 0
     cfg.run.output_dir, cfg.run.progress, cfg.run.overwrite = str(out), False, True
     return cfg
@@ -215,6 +216,9 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--micro-batch", type=int, default=0, help="our rows per forward/backward (0 = all)")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per side (after one warm-up each)")
+    parser.add_argument("--full-rows", action="store_true",
+                        help="our update runs every row in full (optim.share_prompt false) instead of each "
+                             "problem's prompt once for its k samples")
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda: CUDA is not available")
@@ -257,7 +261,8 @@ def main() -> None:
     result["settings"] = {"model": args.model, "lora": args.lora, "dtype": args.dtype, "device": args.device,
                           "engine": args.engine, "problems": args.problems, "samples": args.samples,
                           "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
-                          "steps": args.steps, "micro_batch": cfg.optim.micro_batch_size, "beta": cfg.algo.beta1,
+                          "steps": args.steps, "micro_batch": cfg.optim.micro_batch_size,
+                          "share_prompt": ours.share_prompts, "beta": cfg.algo.beta1,
                           "threads": torch.get_num_threads(), "trl": trl.__version__,
                           "trl_effective": trl_effective(theirs)}
     print(f"ours: {result['ours_seconds_per_step']:.2f} s/step, {rows * 2} attempts/step, "

@@ -108,6 +108,9 @@ class OptimConfig:
                                   "ones more (0 = rows only)")
     gradient_checkpointing: bool = opt(False, "recompute each layer's activations in the backward instead of "
                                        "keeping them: far less activation memory for about a third more compute")
+    share_prompt: bool = opt(True, "in the update, run each problem's prompt once for its k samples (its keys and "
+                             "values are shared, with their gradients); used on one process without gradient "
+                             "checkpointing on full-attention models, the full rows otherwise")
 
 
 @dataclass

@@ -43,6 +43,7 @@ from .progress import progress
 from .engines import make_engine
 from .rollout import ChatFormat, SamplingSettings, rollout, verify
 from .sampling import row_seed, text_key
+from .shared_prompt import first_scored, shared_prompt_logprobs
 from .tasks.base import Task
 
 
@@ -119,6 +120,7 @@ class Trainer:
         # DDP / FSDP wrapper on several processes (the bare model on one); the optimizer comes
         # after it because FSDP replaces the parameters by their shards
         self.replicated = Replicated(self.model, cfg.distributed.strategy)
+        self.share_prompts = shares_prompts(cfg, self.model, self.world)
         if self.replicated.strategy == "fsdp":
             from .fsdp import shard_reference
 
@@ -282,11 +284,7 @@ class Trainer:
         with timer("verify"):
             verify(self.task, ro)
         with timer("rewards"):
-            r = ro.rewards()                                              # [B, n]
-            rewards, has = losses.stage_rewards(r, stage, cfg.algo.alpha)  # [B, n]
-            adv, valid = losses.rloo_advantages(rewards.view(len(problems), k, n_att),
-                                                has.view(len(problems), k, n_att))
-            adv, valid = adv.view(-1, n_att), valid.view(-1, n_att)
+            r, has, adv, valid = self.advantages(ro, stage)
         with timer("logprobs_loss"):
             loss_value, stats = self._accumulate_gradients(ro, adv, valid, stage)
         with timer("step"):
@@ -302,6 +300,16 @@ class Trainer:
         metrics.update({key: round(s, 4) for key, s in distributed.all_reduce_sums(times, op="max").items()})
         return metrics
 
+    def advantages(self, ro, stage: int) -> tuple[torch.Tensor, ...]:
+        """(r, has_reward, advantages, valid), each [B, n]: the verifier's rewards, the stage's
+        shaped rewards' RLOO advantages over each problem's k samples, and where they exist."""
+        k, n_att = self.cfg.rollout.samples_per_problem, ro.n_attempts
+        r = ro.rewards()
+        rewards, has = losses.stage_rewards(r, stage, self.cfg.algo.alpha)
+        n_problems = len(ro.rows) // k
+        adv, valid = losses.rloo_advantages(rewards.view(n_problems, k, n_att), has.view(n_problems, k, n_att))
+        return r, has, adv.view(-1, n_att), valid.view(-1, n_att)
+
     def _accumulate_gradients(self, ro, adv, valid, stage) -> tuple[float, dict]:
         """Log-probs, loss and backward per micro-batch; returns the step's global loss and stats.
 
@@ -312,7 +320,7 @@ class Trainer:
         gradients, so every rank ends with (1/N) Σ_r N ∇L_r = ∇L: exactly the gradient one
         process computes on the concatenated batch, whatever the shard sizes."""
         cfg = self.cfg
-        order = sorted(range(len(ro.rows)), key=lambda i: len(ro.rows[i]))  # similar lengths pad less
+        order = update_order(ro, by_problem=self.share_prompts)
         if cfg.algo.reduction == "token":
             denominator = float(sum(sum(1 for t in turns[1:] if t > 0) for turns in ro.turns))
         else:  # one mean per (row, attempt) that has tokens
@@ -331,12 +339,13 @@ class Trainer:
                     continue
                 rows = chunks[i]
                 ids, mask, turns = ro.tensors(rows, self.tok.pad_token_id, self.device)
-                first = int((turns > 0).float().argmax(dim=1).min())  # earliest attempt token of the chunk
+                starts = first_scored(turns, mask.sum(dim=1))  # each row's prompt ends here
+                first = int(starts.min())  # earliest attempt token of the chunk
                 label_turns = turns[:, first:]
                 with torch.inference_mode(), self.reference.active() as ref_model:
-                    ref_logp = self.logprobs(ref_model, ids, mask, first)
+                    ref_logp = self.logprobs(ref_model, ids, mask, first, starts)
                 ref_logp = ref_logp.clone()  # an inference tensor cannot enter the autograd graph
-                logp = self.logprobs(self.replicated.train_model, ids, mask, first)
+                logp = self.logprobs(self.replicated.train_model, ids, mask, first, starts)
                 tok_adv, pg_mask = losses.token_advantages(adv[rows].to(self.device), valid[rows].to(self.device),
                                                            label_turns)
                 kl_coef = losses.turn_kl_coefficients(label_turns, stage, cfg.algo.beta1, cfg.algo.beta2)
@@ -378,11 +387,15 @@ class Trainer:
                     self.base_turn1[p.id] = [ro.attempts[j * k + s][0] for s in range(k)]
         return [ids for p in problems for ids in self.base_turn1[p.id]]
 
-    def logprobs(self, model, ids, mask, first) -> torch.Tensor:
+    def logprobs(self, model, ids, mask, first, starts=None) -> torch.Tensor:
         """Log-probs of the sampled tokens under `model` at the rollout temperature, in the
-        autocast dtype when the weights are fp32 masters of a half-precision model."""
+        autocast dtype when the weights are fp32 masters of a half-precision model. With `starts`
+        (each row's prompt length) and prompt sharing on, each distinct prompt is run once."""
+        temperature = self.cfg.rollout.temperature
         with autocast(self.device, self.compute_dtype, self.model), models.checkpointing(model, self.checkpoint):
-            return token_logprobs(model, ids, mask, first, temperature=self.cfg.rollout.temperature)
+            if starts is not None and self.share_prompts:
+                return shared_prompt_logprobs(model, ids, mask, starts, first, temperature=temperature)
+            return token_logprobs(model, ids, mask, first, temperature=temperature)
 
     def _optimizer_step(self) -> float:
         """Clip and apply the step's gradients, unless the loss or the gradient norm is NaN/inf:
@@ -484,6 +497,28 @@ class Trainer:
         self.state = {**initial_state(), **state}  # checkpoints from before a key existed
         self._saved_step = state["step"]
         distributed.on_main(lambda: drop_metrics_after(self.run_dir / "metrics.jsonl", state["step"]))
+
+
+def shares_prompts(cfg: Config, model, world: int) -> bool:
+    """Whether the update runs each distinct prompt once (shared_prompt.py): asked for, one
+    process (a DDP / FSDP wrapper wants one forward per backward), no gradient checkpointing
+    (which turns the cache off) and full attention in every layer (as the cached engine needs)."""
+    from .engines.cached import supports
+
+    return cfg.optim.share_prompt and world == 1 and not cfg.optim.gradient_checkpointing and supports(model)
+
+
+def update_order(ro, by_problem: bool) -> list[int]:
+    """The order rows go into micro-batches: by length (similar lengths pad less) or, when
+    prompts are shared, problem by problem (the rows of a problem share one prompt pass),
+    problems by their longest row."""
+    lengths = [len(row) for row in ro.rows]
+    if not by_problem:
+        return sorted(range(len(lengths)), key=lambda i: lengths[i])
+    longest: dict[int, int] = {}
+    for i, p in enumerate(ro.problem_index):
+        longest[p] = max(longest.get(p, 0), lengths[i])
+    return sorted(range(len(lengths)), key=lambda i: (longest[ro.problem_index[i]], ro.problem_index[i], lengths[i]))
 
 
 def engine_gap(logp: torch.Tensor, engine_logp: torch.Tensor) -> dict[str, float]:

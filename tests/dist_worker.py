@@ -47,6 +47,9 @@ def dist_config(out: Path, **changes) -> Config:
     cfg.rollout.seeding = "problem"  # one process then draws exactly the rows the ranks draw
     cfg.optim.problems_per_step = 3
     cfg.optim.micro_batch_size = 1
+    # ranks always run full rows (one forward per backward); so does the one-process run they are
+    # compared with, or float rounding of the shared prompt pass would be amplified by Adam at lr 1e-2
+    cfg.optim.share_prompt = False
     cfg.optim.lr = 1e-2
     cfg.algo.stage1_steps, cfg.algo.stage2_steps = 1, 1
     cfg.distributed.timeout_s = 60

@@ -81,3 +81,13 @@ def test_vs_trl_tiny():
         assert positive(result[key]), key
     assert result["ours_attempts_per_step"] == 2 * result["trl_attempts_per_step"] == 2 * 4
     assert result["settings"]["beta"] > 0
+
+
+def test_update_speed_tiny():
+    result = run_script("update_speed.py", "--model", "tiny", "--problems", "2", "--samples", "3",
+                        "--max-new-tokens", "4", "--repeats", "1")
+    for key in ("shared_seconds", "full_seconds", "speedup", "token_ratio"):
+        assert positive(result[key]), key
+    assert result["distinct_prompts"] == 2
+    assert result["full_tokens"] > result["shared_tokens"]  # 3 samples share each prompt
+    assert result["max_loss_gap"] < 1e-4  # the two ways compute the same loss

@@ -123,7 +123,7 @@ def _forward(model, ids: torch.Tensor, mask: torch.Tensor, cache) -> torch.Tenso
     """Feed ids [b, n] after what `cache` holds; mask [b, L + n] covers both. Returns the last
     position's logits [b, V] in fp32. Positions count the real tokens of each row only."""
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, -ids.shape[1]:]
-    kwargs = {_cache_kwarg(model): cache}
+    kwargs = {cache_kwarg(model): cache}
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                 logits_to_keep=1, **kwargs)
     return out.logits[:, -1, :].float()
@@ -184,7 +184,7 @@ def _stack_kept(kept: list[_Kept | None], device):
     return cache, mask
 
 
-def _cache_kwarg(model) -> str:
+def cache_kwarg(model) -> str:
     """The forward argument that takes a cache: `cache` in newer transformers, `past_key_values` before."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     base = getattr(base, "module", base)  # DDP / FSDP wrappers

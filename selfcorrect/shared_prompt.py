@@ -1,0 +1,89 @@
+"""Training log-probs that read each distinct prompt once.
+
+The k samples of a problem all start with the same prompt x (about a third of a SmolLM2
+arithmetic row [x, y1, p, y2]). `token_logprobs` runs the model over every row in full, so x's
+keys and values are computed k times, with their gradients. Here each distinct prompt is run
+once (forward and backward), its cache rows are copied to the rows that start with it, and the
+rest of each row is run on top of that cache. Gradients flow through the copies, so the result
+and its gradient equal `token_logprobs` up to float rounding (tests/test_shared_prompt.py).
+
+Needs a model whose forward takes a cache, position ids and a 2-D mask with holes (every
+full-attention Hugging Face decoder) and ONE forward per backward per wrapper: not DDP / FSDP
+(two forwards feed one backward) and not gradient checkpointing (Hugging Face turns the cache
+off under it). The trainer checks this (Trainer._shares_prompts) and falls back otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .batches import pad_rows
+from .engines.cached import cache_kwarg
+from .losses import selective_log_softmax
+
+
+def first_scored(turns: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """[b] long: each row's first attempt token (turn id > 0), the end of its shared prompt;
+    clamped to [1, length - 1] so that a row with nothing to score still has a prompt and a token.
+    turns: [b, T] turn ids (0 = context or padding); lengths: [b] real tokens per row."""
+    scored = turns > 0
+    start = torch.where(scored.any(dim=1), scored.float().argmax(dim=1), lengths - 1)
+    return torch.minimum(start.clamp(min=1), (lengths - 1).clamp(min=1))
+
+
+def prompt_groups(ids: torch.Tensor, starts: torch.Tensor) -> tuple[list[list[int]], list[int]]:
+    """The distinct prompts ids[j, :starts[j]] of a batch, and each row's prompt index."""
+    index: dict[tuple[int, ...], int] = {}
+    member = []
+    for row, start in zip(ids.tolist(), starts.tolist()):
+        member.append(index.setdefault(tuple(row[:start]), len(index)))
+    return [list(p) for p in index], member
+
+
+def shared_prompt_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, starts: torch.Tensor, first: int,
+                           temperature: float = 1.0) -> torch.Tensor:
+    """log softmax(z / T)[token t] given tokens < t, for t in [first, T): [b, T - first] fp32,
+    the layout of `batches.token_logprobs`, with 0 at positions before each row's start.
+
+    ids, mask: [b, T] right-padded rows. starts: [b] long, row j's prompt is ids[j, :starts[j]]
+    (1 <= starts[j] < its length; first_scored gives it); first <= min(starts).
+    Rows with equal prompts share one prompt forward.
+    """
+    from transformers import DynamicCache
+
+    b, width = ids.shape
+    if not 1 <= first <= int(starts.min()):
+        raise ValueError(f"first must be in [1, min(starts) = {int(starts.min())}], got {first}")
+    lengths = mask.sum(dim=1)
+    if bool((starts >= lengths).any()):
+        raise ValueError("every row needs at least one token after its prompt")
+    device = ids.device
+    prompts, member = prompt_groups(ids, starts)
+    pad = 0  # any id: padding is masked out
+    prompt_ids, prompt_mask = pad_rows(prompts, pad, side="left")
+    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+    positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
+    cache, kwarg = DynamicCache(), cache_kwarg(model)
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
+                logits_to_keep=1, **{kwarg: cache})
+    rows = torch.tensor(member, device=device)
+    cache.batch_select_indices(rows)  # indexing: each prompt's keys/values reach its rows with gradient
+    last_logits = out.logits[:, -1:][rows]  # [b, 1, V]: predicts each row's first token after the prompt
+
+    # the rest of each row, right-padded, its positions continuing from its own prompt
+    rest = [ids[j, s:n].tolist() for j, (s, n) in enumerate(zip(starts.tolist(), lengths.tolist()))]
+    rest_ids, rest_mask = pad_rows(rest, pad, side="right")
+    rest_ids, rest_mask = rest_ids.to(device), rest_mask.to(device)
+    n_rest = rest_ids.shape[1]
+    rest_positions = starts[:, None] + torch.arange(n_rest, device=device)[None, :]
+    full_mask = torch.cat([prompt_mask[rows], rest_mask], dim=1)
+    logits = model(input_ids=rest_ids, attention_mask=full_mask, position_ids=rest_positions, use_cache=True,
+                   **{kwarg: cache}).logits  # [b, n_rest, V]
+    head = selective_log_softmax(last_logits, rest_ids[:, :1], temperature=temperature)       # [b, 1]
+    tail = selective_log_softmax(logits[:, :-1], rest_ids[:, 1:], temperature=temperature)    # [b, n_rest - 1]
+    scored = torch.cat([head, tail], dim=1) * rest_mask  # 0 on the padding after each row
+
+    # into the full-row layout: row j's rest column c is position starts[j] + c, column c + starts[j] - first
+    columns = (starts - first)[:, None] + torch.arange(n_rest, device=device)[None, :]
+    laid = scored.new_zeros(b, width - first + n_rest).scatter(1, columns, scored)
+    return laid[:, : width - first]
