@@ -38,19 +38,21 @@ from vs_trl import our_config, sync  # noqa: E402
 
 from selfcorrect import models  # noqa: E402
 from selfcorrect.rollout import SamplingSettings, rollout, verify  # noqa: E402
+from selfcorrect.shared_prompt import first_scored, prompt_groups  # noqa: E402
 from selfcorrect.tasks import build_task  # noqa: E402
 from selfcorrect.train import Trainer  # noqa: E402
 
 
-def token_counts(ro) -> dict:
-    """Positions run per step by the full-row update and by the shared-prompt one."""
-    full = sum(len(row) for row in ro.rows)
-    prompts = {}
-    for row, turns in zip(ro.rows, ro.turns):
-        start = turns.index(1) if 1 in turns else len(row) - 1
-        prompts[tuple(row[:start])] = start
-    rest = sum(len(row) - (turns.index(1) if 1 in turns else len(row) - 1) for row, turns in zip(ro.rows, ro.turns))
-    return {"full_tokens": full, "shared_tokens": rest + sum(prompts.values()), "distinct_prompts": len(prompts)}
+def token_counts(ro, pad_id: int) -> dict:
+    """Positions run per step by the full-row update and by the shared-prompt one (prompts
+    found as the update finds them: first_scored, prompt_groups over the whole batch)."""
+    ids, mask, turns = ro.tensors(range(len(ro.rows)), pad_id, "cpu")
+    lengths = mask.sum(dim=1)
+    starts = first_scored(turns, lengths)
+    prompts, _ = prompt_groups(ids, starts)
+    return {"full_tokens": int(lengths.sum()),
+            "shared_tokens": int((lengths - starts).sum()) + sum(len(p) for p in prompts),
+            "distinct_prompts": len(prompts)}
 
 
 def timed_update(trainer: Trainer, ro, adv, valid, shared: bool, device: str) -> tuple[float, float]:
@@ -96,7 +98,7 @@ def main() -> None:
                  fmt=trainer.fmt, engine=trainer.engine)
     verify(task, ro)
     _, _, adv, valid = trainer.advantages(ro, 1)
-    counts = token_counts(ro)
+    counts = token_counts(ro, trainer.tok.pad_token_id)
     print(f"model {args.model}, {'LoRA' if args.lora else 'full weights'}, {args.dtype}, {args.device}, "
           f"{len(ro.rows)} rows ({args.problems} problems x {args.samples}), {counts}, "
           f"micro-batch {cfg.optim.micro_batch_size}, torch threads {torch.get_num_threads()}", flush=True)

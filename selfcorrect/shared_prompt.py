@@ -10,7 +10,7 @@ and its gradient equal `token_logprobs` up to float rounding (tests/test_shared_
 Needs a model whose forward takes a cache, position ids and a 2-D mask with holes (every
 full-attention Hugging Face decoder) and ONE forward per backward per wrapper: not DDP / FSDP
 (two forwards feed one backward) and not gradient checkpointing (Hugging Face turns the cache
-off under it). The trainer checks this (Trainer._shares_prompts) and falls back otherwise.
+off under it). The trainer checks this (train.shares_prompts) and falls back otherwise.
 """
 
 from __future__ import annotations
