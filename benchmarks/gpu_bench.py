@@ -18,12 +18,15 @@ with a filler system message.
    reference and policy log-probs, the loss, backward (micro-batches of --micro-batch rows),
    clipping and AdamW; on full rows (optim.share_prompt off), so that MFU's token count is the
    work actually done.
-   MFU = 6 x params x trained tokens / update seconds / peak bf16 FLOP/s, with trained tokens =
-   the real (unpadded) tokens of the step's episode rows [x, y1, p, y2] (the row glue p is
-   counted as the full instruction: a random model never ends an attempt with a stop token).
-   6 N T is the usual forward + backward estimate (attention scores not counted); the frozen
-   reference's forward (2 N T more) runs inside the timed update but is not in the 6, so
-   `mfu_with_reference` (8 N T) is reported too. Peak FLOP/s come from PEAK_BF16_FLOPS by GPU
+   MFU = 6 x (body x trained tokens + head x scored tokens) / update seconds / peak bf16 FLOP/s:
+   body = the weights every position multiplies (all but the embedding table and the output
+   layer), head = the output layer's, which runs only where a token is scored (both attempts;
+   not the prompt or the instruction between). Trained tokens = the real (unpadded) tokens of
+   the step's episode rows [x, y1, p, y2] (the row glue p is counted as the full instruction:
+   a random model never ends an attempt with a stop token); scored tokens = both attempts.
+   6 x is the usual forward + backward estimate (attention scores not counted); the frozen
+   reference's forward (2 x more) runs inside the timed update but is not in the 6, so
+   `mfu_with_reference` (8 x) is reported too. Peak FLOP/s come from PEAK_BF16_FLOPS by GPU
    name (dense, no sparsity) or --peak-flops.
 
 The JSON result is written to --out after each part (a run cut short keeps what it measured)
@@ -108,7 +111,16 @@ def episode_tokens(trainer: Trainer, task, problems, metrics: dict, k: int) -> i
     return int(prompts + rows * (metrics["len_t1"] + metrics["len_t2"] + glue))
 
 
-def measure_update(model, tok, task, args, device: torch.device, params: int, flops: float | None) -> dict:
+def matmul_weights(model) -> tuple[int, int]:
+    """(body, head): weights a position multiplies in the transformer body, and in the output
+    layer (the embedding table is a lookup; a tied output layer counts once, as the head)."""
+    head, embed = model.get_output_embeddings().weight, model.get_input_embeddings().weight
+    total = sum(p.numel() for p in model.parameters())  # counts a tied matrix once
+    tied = head.data_ptr() == embed.data_ptr()
+    return total - embed.numel() - (0 if tied else head.numel()), head.numel()
+
+
+def measure_update(model, tok, task, args, device: torch.device, flops: float | None) -> dict:
     """A warm-up Trainer step, then one measured step; its update time, MFU and peak memory."""
     cfg = trainer_config(args, device, Path(tempfile.mkdtemp(prefix="gpu-bench-")))
     trainer = Trainer(cfg, task, model=model, tokenizer=tok)
@@ -124,15 +136,19 @@ def measure_update(model, tok, task, args, device: torch.device, params: int, fl
     # everything after sampling and scoring; the optimizer's queued GPU work ends inside `wall`
     update = wall - m["time_rollout"] - m["time_verify"] - m["time_rewards"]
     tokens = episode_tokens(trainer, task, problems, m, args.samples)
+    scored = round(len(problems) * args.samples * (m["len_t1"] + m["len_t2"]))
+    body, head = matmul_weights(model)
+    work = body * tokens + head * scored  # multiply-adds per forward
     result = {"step_seconds": round(wall, 3), "rollout_seconds": round(m["time_rollout"], 3),
-              "update_seconds": round(update, 3), "trained_tokens": tokens, "rows": len(problems) * args.samples,
+              "update_seconds": round(update, 3), "trained_tokens": tokens, "scored_tokens": scored,
+              "rows": len(problems) * args.samples,
               "micro_batch": args.micro_batch, "len_t1": m["len_t1"], "len_t2": m["len_t2"],
               "gen_tokens_per_s": round(m["gen_tokens_per_s"], 1), "peak_flops": flops,
               "mfu": None, "mfu_with_reference": None, "peak_memory_gib": gib(device),
               "phases": {k[5:]: v for k, v in m.items() if k.startswith("time_")}}
     if flops:
-        result["mfu"] = round(6 * params * tokens / update / flops, 4)
-        result["mfu_with_reference"] = round(8 * params * tokens / update / flops, 4)
+        result["mfu"] = round(6 * work / update / flops, 4)
+        result["mfu_with_reference"] = round(8 * work / update / flops, 4)
     return result
 
 
@@ -190,7 +206,7 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=1))
 
     if not args.skip_update:
-        result["update"] = measure_update(model, tok, task, args, device, params, flops)
+        result["update"] = measure_update(model, tok, task, args, device, flops)
         u = result["update"]
         print(f"update: {u['update_seconds']} s for {u['trained_tokens']} tokens ({u['rows']} rows), MFU {u['mfu']} "
               f"(with the reference forward {u['mfu_with_reference']}), peak memory {u['peak_memory_gib']} GiB, "

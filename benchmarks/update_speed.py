@@ -1,22 +1,31 @@
-"""The SCoRe update with each problem's prompt run once against the update on full rows, side by side.
+"""The SCoRe update as the trainer runs it against two slower ways, side by side in one run.
 
     python benchmarks/update_speed.py                 # SmolLM2-135M-Instruct, full weights, fp32, CPU
     python benchmarks/update_speed.py --lora --problems 8 --samples 8
     python benchmarks/update_speed.py --device cuda --dtype bfloat16
 
+The ways:
+- shared: the trainer's default. Each problem's prompt runs once for its k samples, and the
+  output layer runs only where a token is scored (the attempts).
+- full:   every row runs in full (optim.share_prompt false; what DDP / FSDP and gradient
+  checkpointing use); the output layer still only at scored positions.
+- every:  prompts shared, but the output layer and log-softmax at every real position after the
+  prompt (the correction instruction too), as the update did before it gathered positions.
+
 What is timed is one step's update, `Trainer._accumulate_gradients`: reference log-probs,
 policy log-probs, the loss and its backward over every micro-batch, on ONE rollout drawn once
 (the vs_trl.py settings: arithmetic chat prompts, P problems x k samples, 2 attempts, <= 32 new
-tokens, T = 1, Stage I). The two ways alternate (shared, full, shared, full, ...) after one
-warm-up each, on the same trainer, the gradients cleared in between, so both see the same rows
-and the same weights. The losses of the two ways are compared as a correctness check (they
-differ by float rounding only).
+tokens, T = 1, Stage I). The ways alternate (shared, full, every, shared, ...) after one warm-up
+each, on the same trainer, the gradients cleared in between, so all see the same rows and the
+same weights. Their losses are compared as a correctness check (they differ by float rounding
+only).
 
 Tokens: the model positions each way runs per step (policy and reference each run them once);
-the shared way runs every distinct prompt once plus every row after its prompt.
+the shared way runs every distinct prompt once plus every row after its prompt; scored: the
+positions that get logits in the shared and full ways.
 
-The last line printed is one JSON object: shared_seconds, full_seconds, speedup (full / shared),
-the token counts and the settings.
+The last line printed is one JSON object: seconds per way, the speedups of shared over the two
+others, the token counts and the settings.
 """
 
 from __future__ import annotations
@@ -52,12 +61,20 @@ def token_counts(ro, pad_id: int) -> dict:
     prompts, _ = prompt_groups(ids, starts)
     return {"full_tokens": int(lengths.sum()),
             "shared_tokens": int((lengths - starts).sum()) + sum(len(p) for p in prompts),
-            "distinct_prompts": len(prompts)}
+            "scored_tokens": int((turns > 0).sum()), "distinct_prompts": len(prompts)}
 
 
-def timed_update(trainer: Trainer, ro, adv, valid, shared: bool, device: str) -> tuple[float, float]:
-    """(seconds, loss) of one update with prompt sharing on or off; gradients cleared after."""
-    trainer.share_prompts = shared
+WAYS = ("shared", "full", "every")
+
+
+def timed_update(trainer: Trainer, ro, adv, valid, way: str, device: str) -> tuple[float, float]:
+    """(seconds, loss) of one update done one of WAYS; gradients cleared after."""
+    trainer.share_prompts = way != "full"
+    if way == "every":  # drop the scored mask: logits at every real position after the prompt
+        trainer.logprobs = lambda model, ids, mask, first, starts=None, scored=None: Trainer.logprobs(
+            trainer, model, ids, mask, first, starts)
+    else:
+        trainer.__dict__.pop("logprobs", None)
     trainer.optimizer.zero_grad(set_to_none=True)
     sync(device)
     start = time.perf_counter()
@@ -103,28 +120,30 @@ def main() -> None:
           f"{len(ro.rows)} rows ({args.problems} problems x {args.samples}), {counts}, "
           f"micro-batch {cfg.optim.micro_batch_size}, torch threads {torch.get_num_threads()}", flush=True)
 
-    seconds = {True: [], False: []}
-    losses = {True: [], False: []}
+    seconds = {way: [] for way in WAYS}
+    losses = {way: [] for way in WAYS}
     for turn in range(args.repeats + 1):
-        for shared in (True, False):
-            s, loss = timed_update(trainer, ro, adv, valid, shared, args.device)
+        for way in WAYS:
+            s, loss = timed_update(trainer, ro, adv, valid, way, args.device)
             if turn:  # turn 0 is the warm-up
-                seconds[shared].append(s)
-            losses[shared].append(loss)
-            print(f"{'shared' if shared else 'full  '} {s:.3f} s, loss {loss:.6f}", flush=True)
-    shared_s, full_s = statistics.median(seconds[True]), statistics.median(seconds[False])
-    gap = max(abs(a - b) for a, b in zip(losses[True], losses[False]))
-    result = {"shared_seconds": round(shared_s, 4), "full_seconds": round(full_s, 4),
-              "speedup": round(full_s / shared_s, 4), "shared_runs": [round(x, 4) for x in seconds[True]],
-              "full_runs": [round(x, 4) for x in seconds[False]], "max_loss_gap": gap, **counts,
+                seconds[way].append(s)
+            losses[way].append(loss)
+            print(f"{way:6} {s:.3f} s, loss {loss:.6f}", flush=True)
+    median = {way: statistics.median(seconds[way]) for way in WAYS}
+    gap = max(abs(a - b) for way in WAYS[1:] for a, b in zip(losses["shared"], losses[way]))
+    result = {**{f"{way}_seconds": round(median[way], 4) for way in WAYS},
+              "speedup": round(median["full"] / median["shared"], 4),
+              "speedup_vs_every": round(median["every"] / median["shared"], 4),
+              **{f"{way}_runs": [round(x, 4) for x in seconds[way]] for way in WAYS}, "max_loss_gap": gap, **counts,
               "token_ratio": round(counts["full_tokens"] / counts["shared_tokens"], 4),
               "settings": {"model": args.model, "lora": args.lora, "dtype": args.dtype, "device": args.device,
                            "problems": args.problems, "samples": args.samples,
                            "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
                            "micro_batch": cfg.optim.micro_batch_size, "repeats": args.repeats,
                            "threads": torch.get_num_threads()}}
-    print(f"update: shared prompts {shared_s:.2f} s, full rows {full_s:.2f} s, speedup {result['speedup']:.2f}x "
-          f"({result['token_ratio']:.2f}x fewer positions); largest loss difference {gap:.2e}")
+    print(f"update: shared {median['shared']:.2f} s, full rows {median['full']:.2f} s ({result['speedup']:.2f}x, "
+          f"{result['token_ratio']:.2f}x fewer positions), logits everywhere {median['every']:.2f} s "
+          f"({result['speedup_vs_every']:.2f}x); largest loss difference {gap:.2e}")
     print(json.dumps(result))
 
 

@@ -31,6 +31,21 @@ def demo_config(quick: bool = False) -> Config:
 
 
 def run_demo(cfg: Config, quick: bool = False) -> dict:
+    """Build or load the base, evaluate, train, evaluate; on ONE torch thread. The demo's model
+    is small enough that more threads do not make it faster, and float sums split over threads
+    round differently with their number: pinned, the base build and the training produce the
+    same numbers on any machine of the same kind (the README's tables come from this)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run_demo(cfg, quick)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_demo(cfg: Config, quick: bool) -> dict:
     from .demo_model import build_demo_base
     from .distributed import main_first, on_main, say
     from .evaluate import evaluate_config, evaluation_problems

@@ -60,15 +60,16 @@ def masked_token_loss_sum(model, ids: torch.Tensor, attention: torch.Tensor,
 
     ids, attention, loss_mask: [B, T] right-padded. Token t is predicted from logits at t-1, so
     the first token of a row is never trained. The log-probs come from `token_logprobs`: logits
-    only from the earliest trained position on, and a log-softmax a few rows at a time, so a
+    only at trained positions, and a log-softmax a few hundred positions at a time, so a
     half-precision model never gets a float32 copy of its whole [B, T, V] logits.
     """
     trained = loss_mask[:, 1:].bool()  # [B, T-1]: is token t+1 trained
     if not trained.any():
         raise ValueError("masked_token_loss_sum: no trained token after the first position")
     first = int(trained.any(dim=0).nonzero()[0]) + 1  # the earliest trained column of the batch
-    logp = token_logprobs(model, ids, attention, first)  # [B, T - first]
-    weights = trained[:, first - 1:].to(logp.dtype)
+    scored = trained[:, first - 1:]
+    logp = token_logprobs(model, ids, attention, first, scored=scored)  # [B, T - first], 0 where untrained
+    weights = scored.to(logp.dtype)
     return -(logp * weights).sum(), int(weights.sum().item())
 
 

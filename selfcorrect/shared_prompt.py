@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .batches import pad_rows
+from .batches import gathered_logprobs, pad_rows, scatter_rows
 from .engines.cached import cache_kwarg
 from .losses import selective_log_softmax
 
@@ -41,12 +41,14 @@ def prompt_groups(ids: torch.Tensor, starts: torch.Tensor) -> tuple[list[list[in
 
 
 def shared_prompt_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, starts: torch.Tensor, first: int,
-                           temperature: float = 1.0) -> torch.Tensor:
+                           temperature: float = 1.0, scored: torch.Tensor | None = None) -> torch.Tensor:
     """log softmax(z / T)[token t] given tokens < t, for t in [first, T): [b, T - first] fp32,
     the layout of `batches.token_logprobs`, with 0 at positions before each row's start.
 
     ids, mask: [b, T] right-padded rows. starts: [b] long, row j's prompt is ids[j, :starts[j]]
     (1 <= starts[j] < its length; first_scored gives it); first <= min(starts).
+    scored: [b, T - first] bool, the tokens whose log-probs are wanted (default: every real
+    token from each row's start); the others come back as 0 and cost no logits.
     Rows with equal prompts share one prompt forward.
     """
     from transformers import DynamicCache
@@ -58,6 +60,9 @@ def shared_prompt_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, starts:
     if bool((starts >= lengths).any()):
         raise ValueError("every row needs at least one token after its prompt")
     device = ids.device
+    columns = torch.arange(width - first, device=device)[None, :]
+    after_prompt = (columns >= (starts - first)[:, None]) & mask[:, first:].bool()
+    scored = after_prompt if scored is None else scored & after_prompt
     prompts, member = prompt_groups(ids, starts)
     pad = 0  # any id: padding is masked out
     prompt_ids, prompt_mask = pad_rows(prompts, pad, side="left")
@@ -68,7 +73,9 @@ def shared_prompt_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, starts:
                 logits_to_keep=1, **{kwarg: cache})
     rows = torch.tensor(member, device=device)
     cache.batch_select_indices(rows)  # indexing: each prompt's keys/values reach its rows with gradient
-    last_logits = out.logits[:, -1:][rows]  # [b, 1, V]: predicts each row's first token after the prompt
+    # row j's first token after its prompt, predicted by the prompt's last position: [b]
+    first_ids = ids.gather(1, starts[:, None])
+    head = selective_log_softmax(out.logits[:, -1:][rows], first_ids, temperature=temperature)[:, 0]
 
     # the rest of each row, right-padded, its positions continuing from its own prompt
     rest = [ids[j, s:n].tolist() for j, (s, n) in enumerate(zip(starts.tolist(), lengths.tolist()))]
@@ -77,13 +84,13 @@ def shared_prompt_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, starts:
     n_rest = rest_ids.shape[1]
     rest_positions = starts[:, None] + torch.arange(n_rest, device=device)[None, :]
     full_mask = torch.cat([prompt_mask[rows], rest_mask], dim=1)
-    logits = model(input_ids=rest_ids, attention_mask=full_mask, position_ids=rest_positions, use_cache=True,
-                   **{kwarg: cache}).logits  # [b, n_rest, V]
-    head = selective_log_softmax(last_logits, rest_ids[:, :1], temperature=temperature)       # [b, 1]
-    tail = selective_log_softmax(logits[:, :-1], rest_ids[:, 1:], temperature=temperature)    # [b, n_rest - 1]
-    scored = torch.cat([head, tail], dim=1) * rest_mask  # 0 on the padding after each row
-
-    # into the full-row layout: row j's rest column c is position starts[j] + c, column c + starts[j] - first
-    columns = (starts - first)[:, None] + torch.arange(n_rest, device=device)[None, :]
-    laid = scored.new_zeros(b, width - first + n_rest).scatter(1, columns, scored)
-    return laid[:, : width - first]
+    # output column q is position first + q, rest column first + q - start; the rest's column
+    # c predicts its column c + 1, and column 0 was predicted by the prompt (head)
+    at, q = (scored & (columns > (starts - first)[:, None])).nonzero(as_tuple=True)
+    c = first + q - starts[at]
+    tail = gathered_logprobs(model, dict(input_ids=rest_ids, attention_mask=full_mask, position_ids=rest_positions,
+                                         use_cache=True, logits_to_keep=0, **{kwarg: cache}),
+                             at, c - 1, rest_ids[at, c], temperature)
+    laid = scatter_rows(tail, at, q, (b, width - first))
+    head_cols = (starts - first)[:, None]
+    return laid.scatter_add(1, head_cols, head[:, None] * scored.gather(1, head_cols))

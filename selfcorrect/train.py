@@ -342,10 +342,11 @@ class Trainer:
                 starts = first_scored(turns, mask.sum(dim=1))  # each row's prompt ends here
                 first = int(starts.min())  # earliest attempt token of the chunk
                 label_turns = turns[:, first:]
+                scored = label_turns > 0  # only attempt tokens get logits: the loss reads no others
                 with torch.inference_mode(), self.reference.active() as ref_model:
-                    ref_logp = self.logprobs(ref_model, ids, mask, first, starts)
+                    ref_logp = self.logprobs(ref_model, ids, mask, first, starts, scored=scored)
                 ref_logp = ref_logp.clone()  # an inference tensor cannot enter the autograd graph
-                logp = self.logprobs(self.replicated.train_model, ids, mask, first, starts)
+                logp = self.logprobs(self.replicated.train_model, ids, mask, first, starts, scored=scored)
                 tok_adv, pg_mask = losses.token_advantages(adv[rows].to(self.device), valid[rows].to(self.device),
                                                            label_turns)
                 kl_coef = losses.turn_kl_coefficients(label_turns, stage, cfg.algo.beta1, cfg.algo.beta2)
@@ -387,15 +388,16 @@ class Trainer:
                     self.base_turn1[p.id] = [ro.attempts[j * k + s][0] for s in range(k)]
         return [ids for p in problems for ids in self.base_turn1[p.id]]
 
-    def logprobs(self, model, ids, mask, first, starts=None) -> torch.Tensor:
+    def logprobs(self, model, ids, mask, first, starts=None, scored=None) -> torch.Tensor:
         """Log-probs of the sampled tokens under `model` at the rollout temperature, in the
         autocast dtype when the weights are fp32 masters of a half-precision model. With `starts`
-        (each row's prompt length) and prompt sharing on, each distinct prompt is run once."""
+        (each row's prompt length) and prompt sharing on, each distinct prompt is run once.
+        scored [b, T - first] bool: the only tokens that get logits (the rest read 0)."""
         temperature = self.cfg.rollout.temperature
         with autocast(self.device, self.compute_dtype, self.model), models.checkpointing(model, self.checkpoint):
             if starts is not None and self.share_prompts:
-                return shared_prompt_logprobs(model, ids, mask, starts, first, temperature=temperature)
-            return token_logprobs(model, ids, mask, first, temperature=temperature)
+                return shared_prompt_logprobs(model, ids, mask, starts, first, temperature=temperature, scored=scored)
+            return token_logprobs(model, ids, mask, first, temperature=temperature, scored=scored)
 
     def _optimizer_step(self) -> float:
         """Clip and apply the step's gradients, unless the loss or the gradient norm is NaN/inf:

@@ -86,8 +86,8 @@ def test_vs_trl_tiny():
 def test_update_speed_tiny():
     result = run_script("update_speed.py", "--model", "tiny", "--problems", "2", "--samples", "3",
                         "--max-new-tokens", "4", "--repeats", "1")
-    for key in ("shared_seconds", "full_seconds", "speedup", "token_ratio"):
+    for key in ("shared_seconds", "full_seconds", "every_seconds", "speedup", "speedup_vs_every", "token_ratio"):
         assert positive(result[key]), key
     assert result["distinct_prompts"] == 2
-    assert result["full_tokens"] > result["shared_tokens"]  # 3 samples share each prompt
-    assert result["max_loss_gap"] < 1e-4  # the two ways compute the same loss
+    assert result["full_tokens"] > result["shared_tokens"] > result["scored_tokens"]  # 3 samples share each prompt
+    assert result["max_loss_gap"] < 1e-4  # the three ways compute the same loss

@@ -15,3 +15,22 @@ def test_demo_quick_runs_the_whole_pipeline(tmp_path, monkeypatch, capsys):
         assert (out / name).exists(), name
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 4
     assert sorted(p.name for p in (out / "eval").iterdir()) == ["SCoRe", "base"]
+
+
+def test_demo_runs_on_one_thread_and_gives_the_threads_back(monkeypatch):
+    """The demo's numbers must not depend on the machine's core count (float sums split over
+    threads round differently), so it pins one thread, and leaves the caller's setting as it was."""
+    import torch
+
+    from selfcorrect import demo
+
+    seen = []
+    monkeypatch.setattr(demo, "_run_demo", lambda cfg, quick: seen.append(torch.get_num_threads()) or {})
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        demo.run_demo(demo.demo_config(quick=True), quick=True)
+        assert seen == [1]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
