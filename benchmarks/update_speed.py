@@ -46,10 +46,10 @@ from rollout_speed import save_tiny  # noqa: E402
 from vs_trl import our_config, sync  # noqa: E402
 
 from selfcorrect import models  # noqa: E402
-from selfcorrect.rollout import SamplingSettings, rollout, verify  # noqa: E402
+from selfcorrect.rollout import rollout, verify  # noqa: E402
 from selfcorrect.shared_prompt import first_scored, prompt_groups  # noqa: E402
 from selfcorrect.tasks import build_task  # noqa: E402
-from selfcorrect.train import Trainer  # noqa: E402
+from selfcorrect.train import Trainer, sampling_settings  # noqa: E402
 
 
 def token_counts(ro, pad_id: int) -> dict:
@@ -109,9 +109,8 @@ def main() -> None:
     trainer = Trainer(cfg, task)
     if not trainer.share_prompts:
         raise SystemExit("prompt sharing is not available for this model / setting (see Trainer.share_prompts)")
-    settings = SamplingSettings(greedy=False, temperature=args.temperature, max_new_tokens=args.max_new_tokens)
     ro = rollout(trainer.model, trainer.tok, task, trainer.next_problems(), n_attempts=2,
-                 samples_per_problem=args.samples, settings=settings, batch_size=cfg.rollout.batch_size,
+                 samples_per_problem=args.samples, settings=sampling_settings(cfg), batch_size=cfg.rollout.batch_size,
                  fmt=trainer.fmt, engine=trainer.engine)
     verify(task, ro)
     _, _, adv, valid = trainer.advantages(ro, 1)

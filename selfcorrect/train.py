@@ -268,8 +268,7 @@ class Trainer:
         problems = batch[lo:hi]
         seeds = self._row_seeds(list(range(first + lo, first + hi)))
         k, n_att = cfg.rollout.samples_per_problem, cfg.rollout.attempts
-        sampling = SamplingSettings(greedy=False, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                                    max_new_tokens=cfg.rollout.max_new_tokens)
+        sampling = sampling_settings(cfg)
         # eval mode throughout: dropout (LoRA's or the base model's) would make the trained
         # log-probs those of another policy than the one that sampled, and the reference random
         self.model.eval()
@@ -499,6 +498,12 @@ class Trainer:
         self.state = {**initial_state(), **state}  # checkpoints from before a key existed
         self._saved_step = state["step"]
         distributed.on_main(lambda: drop_metrics_after(self.run_dir / "metrics.jsonl", state["step"]))
+
+
+def sampling_settings(cfg: Config) -> SamplingSettings:
+    """How training rollouts sample: at the rollout temperature and nucleus, up to max_new_tokens."""
+    r = cfg.rollout
+    return SamplingSettings(greedy=False, temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens)
 
 
 def shares_prompts(cfg: Config, model, world: int) -> bool:
