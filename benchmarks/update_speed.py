@@ -43,7 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rollout_speed import save_tiny  # noqa: E402
-from vs_trl import our_config, sync  # noqa: E402
+from vs_trl import add_step_arguments, our_config, parse_step_arguments, sync  # noqa: E402
 
 from selfcorrect import models  # noqa: E402
 from selfcorrect.rollout import rollout, verify  # noqa: E402
@@ -87,19 +87,9 @@ def timed_update(trainer: Trainer, ro, adv, valid, way: str, device: str) -> tup
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=("smollm2", "tiny"), default="smollm2")
-    parser.add_argument("--lora", action="store_true", help="train a LoRA adapter (default: full weights)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--problems", type=int, default=4, help="problems per step")
-    parser.add_argument("--samples", type=int, default=4, help="samples per problem")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--micro-batch", type=int, default=0, help="rows per forward/backward (0 = all)")
+    add_step_arguments(parser)
     parser.add_argument("--repeats", type=int, default=3, help="timed updates per way (after one warm-up each)")
-    args = parser.parse_args()
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: CUDA is not available")
+    args = parse_step_arguments(parser)
 
     work = Path(tempfile.mkdtemp(prefix="update-speed-"))
     name = models.SMOLLM2_NAME if args.model == "smollm2" else save_tiny(work / "tiny-model")

@@ -79,6 +79,27 @@ def sync(device: str) -> None:
 
 
 # ----------------------------------------------------------------------------- ours
+def add_step_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments `our_config` reads (shared with update_speed.py)."""
+    parser.add_argument("--model", choices=("smollm2", "tiny"), default="smollm2")
+    parser.add_argument("--lora", action="store_true",
+                        help="train a LoRA adapter (on both sides in vs_trl; default: full weights)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--problems", type=int, default=4, help="problems per step")
+    parser.add_argument("--samples", type=int, default=4, help="samples per problem (TRL num_generations)")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--micro-batch", type=int, default=0, help="our rows per forward/backward (0 = all)")
+
+
+def parse_step_arguments(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    args = parser.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: CUDA is not available")
+    return args
+
+
 def our_config(args, model_name: str, out: Path):
     """configs/smollm2-arithmetic.yaml with this benchmark's settings."""
     cfg = load_yaml(BASE_CONFIG)
@@ -204,24 +225,13 @@ def side(name: str, seconds: list[float], attempts: int, tokens: list[float]) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=("smollm2", "tiny"), default="smollm2")
-    parser.add_argument("--lora", action="store_true",
-                        help="train a LoRA adapter on both sides (default: full weights)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_step_arguments(parser)
     parser.add_argument("--engine", default="auto", help="our rollout engine: auto, hf, cached")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--problems", type=int, default=4, help="problems per step")
-    parser.add_argument("--samples", type=int, default=4, help="samples per problem (TRL num_generations)")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--micro-batch", type=int, default=0, help="our rows per forward/backward (0 = all)")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per side (after one warm-up each)")
     parser.add_argument("--full-rows", action="store_true",
                         help="our update runs every row in full (optim.share_prompt false) instead of each "
                              "problem's prompt once for its k samples")
-    args = parser.parse_args()
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: CUDA is not available")
+    args = parse_step_arguments(parser)
 
     import trl
 
