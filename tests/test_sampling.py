@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from selfcorrect.batches import token_logprobs
+from selfcorrect.engines import make_engine
+from selfcorrect.engines.cached import categorical
 from selfcorrect.losses import selective_log_softmax
 from selfcorrect.rollout import ChatFormat, SamplingSettings, generate
 from tiny import tiny_model, tiny_tokenizer
@@ -40,8 +42,9 @@ def _critical_value(df: int) -> float:
     return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
 
 
+@pytest.mark.parametrize("engine", ["hf", "cached"])
 @pytest.mark.parametrize("temperature", [1.0, 0.5])
-def test_sampled_token_frequencies_match_softmax_over_temperature(temperature):
+def test_sampled_token_frequencies_match_softmax_over_temperature(temperature, engine):
     tok = tiny_tokenizer()
     model = tiny_model(tok, seed=5)
     with torch.no_grad():  # a flat-ish distribution over all ~100 tokens: top_k 50 would cut half of it
@@ -55,11 +58,39 @@ def test_sampled_token_frequencies_match_softmax_over_temperature(temperature):
     torch.manual_seed(0)
     out, _ = generate(model, [context] * n, SamplingSettings(greedy=False, temperature=temperature,
                                                               max_new_tokens=1),
-                      stop_ids={tok.eos_token_id}, pad_id=tok.pad_token_id, batch_size=n)
+                      stop_ids={tok.eos_token_id}, pad_id=tok.pad_token_id, batch_size=n,
+                      engine=make_engine(engine))
     counts = torch.bincount(torch.tensor([o[0] for o in out]), minlength=len(probs)).double()
     stat, df = _chi_square(counts, probs)
     assert stat < _critical_value(df), (stat, df)
     assert int((counts > 0).sum()) > 60  # top_k=50 would give at most 50 distinct tokens
+
+
+def test_categorical_draws_match_the_row_probabilities():
+    """The cached engine's sampler: frequencies pass a chi-square test per row (rows not
+    normalised, one of them spread over 4000 tokens with a long tail of tiny probabilities),
+    and a zero-probability token never comes up."""
+    g = torch.Generator().manual_seed(1)
+    spread = torch.rand(4000, generator=g) ** 8  # many tokens of probability ~1e-8 .. 1e-3
+    peaked = torch.tensor([0.0, 3.0, 0.0, 1.0, 0.0])  # sums to 4; zeros between the mass
+    n = 20000
+    torch.manual_seed(0)
+    draws = categorical(torch.stack([spread] * n))
+    counts = torch.bincount(draws, minlength=len(spread)).double()
+    stat, df = _chi_square(counts, spread.double() / spread.double().sum())
+    assert stat < _critical_value(df), (stat, df)
+    draws = categorical(torch.stack([peaked] * n))
+    assert set(draws.tolist()) == {1, 3}
+    assert abs(float((draws == 1).double().mean()) - 0.75) < 0.02  # 4 standard errors
+
+
+def test_categorical_never_draws_a_zero_at_the_end_of_a_row():
+    """The last tokens of the row have probability 0: the running sum stops growing before the
+    end, and no uniform may fall past it."""
+    probs = torch.zeros(50000, 6)
+    probs[:, :2] = torch.tensor([1e-9, 1.0])
+    torch.manual_seed(0)
+    assert set(categorical(probs).tolist()) <= {0, 1}
 
 
 def test_greedy_ignores_a_shipped_repetition_penalty():

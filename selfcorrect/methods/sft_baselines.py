@@ -24,9 +24,9 @@ import torch
 from .. import models
 from ..config import Config
 from ..optim import autocast, fp32_master_weights
-from ..rollout import ChatFormat, SamplingSettings, rollout, verify
+from ..rollout import ChatFormat, rollout, verify
 from ..sft import sft_train
-from ..train import take_problems
+from ..train import sampling_settings, take_problems
 from .traces import TraceRows, pair_rows, star_rows
 
 
@@ -59,11 +59,10 @@ class SftRun:
         self.first_step = first_step  # steps logged before this run (STaR after Stage I)
 
     def collect(self, n_problems: int):
-        """Two-attempt traces at the rollout temperature: n_problems x k episodes, verified."""
+        """Two-attempt traces sampled as SCoRe's rollouts are: n_problems x k episodes, verified."""
         cfg = self.cfg
         problems, self.position = take_problems(self.problems, cfg.run.seed, self.position, n_problems)
-        settings = SamplingSettings(greedy=False, temperature=cfg.rollout.temperature,
-                                    max_new_tokens=cfg.rollout.max_new_tokens)
+        settings = sampling_settings(cfg)
         self.model.eval()
         with torch.no_grad(), autocast(self.device, self.compute_dtype):
             ro = rollout(self.model, self.tok, self.task, problems, n_attempts=2,
