@@ -21,6 +21,9 @@ TRL, ...) so that drift on a shared machine hits both alike. TRL is run by its o
 `train()` for 1 + N optimizer steps; a callback times each step (on_step_begin to on_step_end:
 generation, rewards, reference and policy passes, clipping and the optimizer step) and runs our
 next step between two of TRL's.
+Each side reseeds torch's global generator before each of its steps (OURS_SEED + i, TRL_SEED + i):
+both sample from that one generator, so without it how long TRL's samples come out (and so its
+step time) would change whenever our side draws a different count of random numbers.
 
 Settings made equal on purpose (TRL's defaults differ; checked against trl 1.16):
 - precision: GRPOConfig.bf16 defaults to True even on CPU; here it follows --dtype (default
@@ -116,8 +119,14 @@ def our_config(args, model_name: str, out: Path):
     return cfg
 
 
-def our_step(trainer: Trainer, device: str) -> tuple[float, dict]:
-    """One Stage I step, timed; (seconds, the step's metrics)."""
+OURS_SEED, TRL_SEED = 2000, 1000  # per-step seeds of each side's sampling (see the module doc)
+
+
+def our_step(trainer: Trainer, device: str, seed: int | None = None) -> tuple[float, dict]:
+    """One Stage I step, timed; (seconds, the step's metrics). seed: torch's global generator's
+    seed for the step (before the clock starts)."""
+    if seed is not None:
+        torch.manual_seed(seed)
     sync(device)
     start = time.perf_counter()
     metrics = trainer.step(1)
@@ -190,6 +199,7 @@ def interleaving_callback(ours_timed, device: str, steps: int):
             self._start = 0.0
 
         def on_step_begin(self, args, state, control, **kwargs):
+            torch.manual_seed(TRL_SEED + state.global_step)  # TRL's samples do not depend on ours
             sync(device)
             self._start = time.perf_counter()
 
@@ -250,7 +260,7 @@ def main() -> None:
     ours_seconds, ours_metrics = [], []
 
     def ours_timed():
-        s, m = our_step(ours, args.device)
+        s, m = our_step(ours, args.device, seed=OURS_SEED + len(ours_seconds) + 1)
         ours_seconds.append(s)
         ours_metrics.append(m)
 
@@ -258,7 +268,7 @@ def main() -> None:
     callback = interleaving_callback(ours_timed, args.device, args.steps)
     theirs = trl_trainer(args, cfg, task, problems, trl_tokens, callback, work / "trl")
     print(f"trl runs with {trl_effective(theirs)}", flush=True)
-    our_step(ours, args.device)  # our warm-up; TRL's is its first step inside train()
+    our_step(ours, args.device, seed=OURS_SEED)  # our warm-up; TRL's is its first step inside train()
     theirs.train()
 
     rows = args.problems * args.samples
