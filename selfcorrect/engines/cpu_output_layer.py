@@ -1,0 +1,60 @@
+"""The output layer of generation on a CPU through oneDNN's inner product instead of MKL's sgemm.
+
+A decode step multiplies a few rows by the whole output layer ([b, H] x [H, V]; V = 49,152 for
+SmolLM2, 113 MB of fp32 weights), so its time is that of streaming the weights once. On this
+project's 2-core AMD EPYC (AVX2) MKL did that at about 3.6 GB/s and oneDNN at about 8: with
+b = 15, 32 ms against 14 ms a step; a profiled SmolLM2 rollout spent 11% less CPU time per
+generated token (docs/PERFORMANCE.md). Other layers are smaller and gain nothing (measured), so only the
+output layer is switched, only while generating without gradients, and only where it is a
+plain fp32 nn.Linear on a CPU; the model's own code around it (logit scaling, soft-capping)
+still runs. The logits differ from MKL's in the last bits, like any change of kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+@contextlib.contextmanager
+def onednn_output_layer(model):
+    """Within the block, the model's output layer computes through oneDNN where eligible."""
+    head = _eligible_head(model)
+    if head is None:
+        yield
+        return
+    plain = head.forward
+
+    def forward(hidden):  # oneDNN's op has no backward: with gradients on, the plain layer
+        if torch.is_grad_enabled():
+            return plain(hidden)
+        return onednn_linear(hidden, head.weight, head.bias)
+
+    head.forward = forward
+    try:
+        yield
+    finally:
+        del head.forward  # back to nn.Linear.forward
+
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x [..., H] @ weight[V, H].T (+ bias [V]) -> [..., V] by oneDNN; inference only."""
+    flat = x.reshape(-1, x.shape[-1])
+    out = torch.ops.mkldnn._linear_pointwise(flat, weight, bias, "none", [], "")
+    return out.view(*x.shape[:-1], weight.shape[0])
+
+
+def _eligible_head(model):
+    """The output nn.Linear when it is plain fp32 on a CPU and nothing has replaced its forward
+    (accelerate's hooks do), with oneDNN available; else None."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return None
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if get is not None else None
+    if type(head) is not torch.nn.Linear or "forward" in vars(head):
+        return None
+    weights = [head.weight] + ([head.bias] if head.bias is not None else [])
+    if any(type(w.data) is not torch.Tensor or w.device.type != "cpu" or w.dtype != torch.float32 for w in weights):
+        return None
+    return head
