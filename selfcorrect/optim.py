@@ -18,14 +18,20 @@ HALF = (torch.bfloat16, torch.float16)
 
 
 def adamw(model, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999)) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; weight decay only on tensors with >= 2 dims."""
+    """AdamW over the trainable parameters; weight decay only on tensors with >= 2 dims.
+
+    torch's fused kernel where every parameter is a plain CPU / CUDA float tensor: on a CPU torch
+    otherwise loops over the tensors one op at a time (SmolLM2-135M: 0.59 s a step against
+    0.09 s fused, measured on 2 cores). Sharded (DTensor) parameters keep torch's default."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas)
+    fused = all(type(p.data) is torch.Tensor and p.device.type in ("cpu", "cuda") and p.is_floating_point()
+                for p in params)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas, fused=fused or None)
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str = "constant") -> float:

@@ -34,10 +34,12 @@ def _growing_layer_class():
     class GrowingLayer(DynamicLayer):
         """keys / values: views [b, H, filled, D] of buffers [b, H, capacity, D]."""
 
+        room_k = room_v = None
+        filled = 0
+
         def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-                self.filled, self.room_k, self.room_v = 0, None, None
+            # what DynamicLayer.lazy_initialization sets, whose signature varies across versions
+            self.dtype, self.device, self.is_initialized = key_states.dtype, key_states.device, True
             end = self.filled + key_states.shape[-2]
             if self.room_k is None or end > self.room_k.shape[-2]:
                 self.room_k = with_room(self.room_k, key_states, self.filled, end + SPARE_POSITIONS)
@@ -49,7 +51,7 @@ def _growing_layer_class():
             return self.keys, self.values
 
         def batch_select_indices(self, indices: torch.Tensor) -> None:
-            if self.get_seq_length() > 0:
+            if self.room_k is not None:
                 self.room_k, self.room_v = self.room_k[indices], self.room_v[indices]
                 self.keys, self.values = self.room_k[:, :, :self.filled], self.room_v[:, :, :self.filled]
 
