@@ -4,10 +4,11 @@ A decode step multiplies a few rows by the whole output layer ([b, H] x [H, V]; 
 SmolLM2, 113 MB of fp32 weights), so its time is that of streaming the weights once. On this
 project's 2-core AMD EPYC (AVX2) MKL did that at about 3.6 GB/s and oneDNN at about 8: with
 b = 15, 32 ms against 14 ms a step; a profiled SmolLM2 rollout spent 11% less CPU time per
-generated token (docs/PERFORMANCE.md). Other layers are smaller and gain nothing (measured), so only the
-output layer is switched, only while generating without gradients, and only where it is a
-plain fp32 nn.Linear on a CPU; the model's own code around it (logit scaling, soft-capping)
-still runs. The logits differ from MKL's in the last bits, like any change of kernel.
+generated token (docs/PERFORMANCE.md). The other layers are smaller and gain nothing (measured),
+so only the output layer is switched, only while generating without gradients, and only where
+it is a plain fp32 nn.Linear on a CPU; the model's own code around it (logit scaling,
+soft-capping) still runs. The logits differ from MKL's in the last bits, like any change of
+kernel.
 """
 
 from __future__ import annotations
