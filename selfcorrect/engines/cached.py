@@ -167,7 +167,8 @@ def categorical(probs: torch.Tensor) -> torch.Tensor:
 def _nucleus(logp: torch.Tensor, top_p: float) -> torch.Tensor:
     """Sample from the smallest set of tokens whose probability reaches top_p (renormalised)."""
     sorted_logp, order = logp.sort(dim=-1, descending=True)
-    before = sorted_logp.exp().cumsum(dim=-1) - sorted_logp.exp()  # mass of the tokens ranked above
+    sorted_p = sorted_logp.exp()
+    before = sorted_p.cumsum(dim=-1) - sorted_p  # mass of the tokens ranked above
     sorted_logp = sorted_logp.masked_fill(before >= top_p, float("-inf"))
     pick = categorical(sorted_logp.softmax(dim=-1))
     return order.gather(1, pick[:, None]).squeeze(1)
