@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from .engines import ENGINES
+
 
 def opt(default, help: str, choices: tuple | None = None):
     """A config field with its --help text (and allowed values, checked on load)."""
@@ -46,7 +48,7 @@ class TaskConfig:
     test_split: str = opt("test", "split used for evaluation")
 
 
-ENGINE_NAMES = ("auto", "hf", "cached")
+ENGINE_NAMES = ("auto", *ENGINES)
 
 
 @dataclass
@@ -59,8 +61,9 @@ class RolloutConfig:
     batch_size: int = opt(64, "rows generated at once (memory bound)")
     engine: str = opt("auto", "what generates (training and evaluation): cached (our decode loop: one prefill per "
                       "distinct prompt, attempt 2 continues attempt 1's KV cache, finished rows leave the batch), "
-                      "hf (Hugging Face generate, the reference), auto (cached where the model has full attention "
-                      "in every layer, else hf)", ENGINE_NAMES)
+                      "hf (Hugging Face generate, the reference), static (Hugging Face generate into a preallocated "
+                      "cache in bucketed shapes, which transformers compiles on CUDA), auto (cached where the "
+                      "model has full attention in every layer, else hf)", ENGINE_NAMES)
     seeding: str = opt("auto", "training sampling: stream (one RNG stream per process), problem (each row "
                        "seeded from the run seed, the problem's position in the data order and the sample "
                        "number: the same rows at any batch size or world size), or auto (stream on one "

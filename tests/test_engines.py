@@ -81,18 +81,21 @@ def test_seeded_rows_match_the_reference_engine(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_engine_logprobs_are_the_models_at_the_temperature(name):
+@pytest.mark.parametrize("seeds, top_p", [([1, 2, 3, 4], 1.0), (None, 1.0), (None, 0.9)])
+def test_engine_logprobs_are_the_models_at_the_temperature(name, seeds, top_p):
+    """log softmax(z / T)[token] of the full distribution, seeded or not, with or without a nucleus."""
     from selfcorrect.batches import token_logprobs
 
     tok = tiny_tokenizer()
     model = tiny_model(tok, seed=5)
     contexts = _contexts(tok)
-    settings = SamplingSettings(greedy=False, temperature=0.7, max_new_tokens=8)
+    settings = SamplingSettings(greedy=False, temperature=0.7, top_p=top_p, max_new_tokens=8)
+    torch.manual_seed(0)
     out = make_engine(name).generate(model, contexts, settings, stop_ids={tok.eos_token_id},
-                                     pad_id=tok.pad_token_id, batch_size=4, row_seeds=[1, 2, 3, 4])
-    if out.logprobs is None:
-        pytest.skip(f"engine {name} does not report sampling log-probs")
+                                     pad_id=tok.pad_token_id, batch_size=4, row_seeds=seeds)
+    assert out.logprobs is not None
     for ctx, ids, lps in zip(contexts, out.ids, out.logprobs):
+        assert len(lps) == len(ids)
         full = torch.tensor([ctx + ids])
         with torch.no_grad():
             want = token_logprobs(model, full, torch.ones_like(full), len(ctx), temperature=0.7)[0]

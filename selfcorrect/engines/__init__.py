@@ -3,6 +3,8 @@
 - hf: Hugging Face `generate` on left-padded batches; the reference the others are tested against.
 - cached: our decode loop that shares prompt prefills, keeps [x, y1]'s keys/values for attempt 2
   and drops finished rows from the batch.
+- static: Hugging Face `generate` into a preallocated cache, in bucketed shapes, which
+  transformers compiles on CUDA.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from .base import Engine, Generated, SamplingSettings
 ENGINES = {
     "hf": "selfcorrect.engines.hf:HFGenerate",
     "cached": "selfcorrect.engines.cached:CachedEngine",
+    "static": "selfcorrect.engines.static:StaticCacheGenerate",
 }
 
 

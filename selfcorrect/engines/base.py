@@ -8,7 +8,7 @@ every engine by tests/test_engines.py:
 - sampling draws from exactly softmax(z / T) (top_p < 1: the nucleus of that), and with
   `row_seeds` a row's tokens depend only on its seed (sampling.GumbelSampler's draws);
 - token in, token out: the ids returned are the ids sampled, never re-tokenised text;
-- `logprobs` (when the engine has them): log softmax(z / T)[token] of each returned token as the
+- `logprobs`: log softmax(z / T)[token] of each returned token as the
   engine computed it, so the trainer can log the gap to its own log-probs.
 Engines may keep state between calls of one rollout (the KV cache of [x, y1] when attempt 2
 continues it); `reset()` drops that state and must be called once the weights change.
@@ -32,7 +32,7 @@ class SamplingSettings:
 class Generated:
     """B continuations. ids[b]: new ids of row b up to and including its first stop id.
     cut[b]: the row hit max_new_tokens without a stop id. logprobs[b][t]: the engine's
-    log-prob of ids[b][t] at the sampling temperature, or None when the engine has none."""
+    log-prob of ids[b][t] at the sampling temperature (every registered engine fills it)."""
 
     ids: list[list[int]]
     cut: list[bool]

@@ -56,7 +56,8 @@ def _own_generation_defaults(model):
 
 
 class HFGenerate:
-    """`model.generate` in batches of `batch_size` left-padded rows; stateless (no reset needed)."""
+    """`model.generate` in batches of `batch_size` left-padded rows; stateless (no reset needed).
+    The sampling log-probs come from a logits processor (SampledLogprobs)."""
 
     name = "hf"
 
@@ -67,31 +68,81 @@ class HFGenerate:
                  batch_size: int, row_seeds: list[int] | None = None) -> Generated:
         """row_seeds: when sampling, one seed per row, so each row's tokens depend only on its
         seed (sampling.GumbelSampler) instead of on the process's RNG stream."""
-        from transformers import LogitsProcessorList
-
-        from ..sampling import GumbelSampler
-
         check_request(contexts, settings, row_seeds)
         stop_ids = frozenset(stop_ids)
         seeded = row_seeds is not None and not settings.greedy
         # seeded: argmax of z / T + the row's own Gumbel noise, i.e. greedy decoding of perturbed logits
         gen_settings = replace(settings, greedy=True) if seeded else settings
-        gen_cfg = generation_config(gen_settings, stop_ids=stop_ids, pad_id=pad_id)
-        device = next(model.parameters()).device
-        ids_out: list[list[int]] = []
-        cut: list[bool] = []
+        gen_cfg = self._config(generation_config(gen_settings, stop_ids=stop_ids, pad_id=pad_id))
+        result = Generated([], [], [])
         for start in range(0, len(contexts), batch_size):
             chunk = contexts[start:start + batch_size]
-            ids, mask = pad_rows(chunk, pad_id, side="left")
-            extra = {}
-            if seeded:
-                sampler = GumbelSampler(row_seeds[start:start + batch_size], settings.temperature, device)
-                extra["logits_processor"] = LogitsProcessorList([sampler])
-            with torch.no_grad(), _own_generation_defaults(model):
-                out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                     generation_config=gen_cfg, **extra)
-            for row in out[:, ids.shape[1]:].tolist():
+            seeds = row_seeds[start:start + batch_size] if seeded else None
+            rows, logprobs = self._generate_batch(model, chunk, seeds, settings, gen_cfg, pad_id, batch_size)
+            for row, lps in zip(rows, logprobs):
                 new, was_cut = split_at_stop(row, stop_ids, settings.max_new_tokens)
-                ids_out.append(new)
-                cut.append(was_cut)
-        return Generated(ids_out, cut, None)
+                result.ids.append(new)
+                result.cut.append(was_cut)
+                result.logprobs.append(lps[:len(new)])
+        return result
+
+    def _config(self, gen_cfg):
+        """The GenerationConfig `generate` runs with (a subclass may change the cache)."""
+        return gen_cfg
+
+    def _batch(self, chunk, seeds, pad_id: int, batch_size: int):
+        """(ids [B, L], mask [B, L], seeds) for generate; rows beyond len(chunk), if any, are filler."""
+        ids, mask = pad_rows(chunk, pad_id, side="left")
+        return ids, mask, seeds
+
+    def _generate_batch(self, model, chunk, seeds, settings, gen_cfg, pad_id: int, batch_size: int):
+        """New ids [len(chunk)][steps] and their log-probs at the sampling temperature."""
+        from transformers import LogitsProcessorList
+
+        from ..sampling import GumbelSampler
+
+        device = next(model.parameters()).device
+        ids, mask, seeds = self._batch(chunk, seeds, pad_id, batch_size)
+        recorder = SampledLogprobs(1.0 if settings.greedy else settings.temperature)
+        processors = [recorder]  # first: it must see the raw logits
+        if seeds is not None:
+            processors.append(GumbelSampler(seeds, settings.temperature, device))
+        with torch.no_grad(), _own_generation_defaults(model):
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                 generation_config=gen_cfg, logits_processor=LogitsProcessorList(processors))
+        new = out[:, ids.shape[1]:]
+        logprobs = recorder.finish(new)
+        return new[:len(chunk)].tolist(), logprobs[:len(chunk)].tolist()
+
+
+class SampledLogprobs:
+    """A transformers LogitsProcessor that records log softmax(z / T)[token] of each sampled token.
+
+    Placed first among the custom processors, it sees the model's raw logits z (transformers
+    applies its temperature and top-p warpers after the custom processors, and our generation
+    config turns every other processor off). A step's token is only known at the next call (the
+    last column of input_ids), so it holds one step's log-probs [B, V] until then; `finish`
+    reads the last step's from the generated ids."""
+
+    def __init__(self, temperature: float):
+        self.temperature = float(temperature)
+        self._pending: torch.Tensor | None = None
+        self._steps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self._take(input_ids[:, -1])
+        self._pending = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        return scores
+
+    def _take(self, tokens: torch.Tensor) -> None:
+        if self._pending is not None:
+            self._steps.append(self._pending.gather(1, tokens[:, None]).squeeze(1))
+            self._pending = None
+
+    def finish(self, new_ids: torch.Tensor) -> torch.Tensor:
+        """[B, steps] fp32 on the CPU; new_ids [B, steps]: what generate appended."""
+        if new_ids.shape[1]:
+            self._take(new_ids[:, -1])
+        if not self._steps:
+            return torch.zeros(new_ids.shape[0], 0)
+        return torch.stack(self._steps, dim=1).cpu()
