@@ -65,11 +65,29 @@ def test_rollout_speed_smollm2():
 def test_gpu_bench_cpu_smoke(tmp_path):
     out = tmp_path / "gpu_bench.json"
     result = run_script("gpu_bench.py", "--device", "cpu", "--tiny", "--peak-flops", "1e11", "--out", str(out))
+    check_gpu_bench(result)
+    assert json.loads(out.read_text()) == result
+
+
+def check_gpu_bench(result: dict) -> None:
     check_rollout_summary(result["rollout"], [8])
     update = result["update"]
     for key in ("update_seconds", "step_seconds", "trained_tokens", "mfu", "mfu_with_reference"):
         assert positive(update[key]), key
-    assert json.loads(out.read_text()) == result
+
+
+def test_gpu_check_script_dry_run(tmp_path):
+    """scripts/gpu_check.sh, the one-call GPU check, on a CPU: every part runs and writes its results."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "GPU_CHECK_DEVICE": "cpu",
+           "OUT": str(tmp_path), "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh")], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "gpu_bench exit 0" in proc.stdout and "gpu_smoke exit 0" in proc.stdout, proc.stdout[-3000:]
+    check_gpu_bench(json.loads((tmp_path / "gpu_bench.json").read_text()))
+    smoke = [json.loads(line) for line in (tmp_path / "smoke.log").read_text().splitlines() if line.startswith("{")]
+    assert [row["variant"] for row in smoke] == ["full", "lora"]
+    assert all(row["params_moved"] > 0 for row in smoke)
 
 
 @needs_trl
