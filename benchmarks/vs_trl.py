@@ -236,7 +236,7 @@ def side(name: str, seconds: list[float], attempts: int, tokens: list[float]) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_step_arguments(parser)
-    parser.add_argument("--engine", default="auto", help="our rollout engine: auto, hf, cached")
+    parser.add_argument("--engine", default="auto", help="our rollout engine: auto, hf, cached, static")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per side (after one warm-up each)")
     parser.add_argument("--full-rows", action="store_true",
                         help="our update runs every row in full (optim.share_prompt false) instead of each "

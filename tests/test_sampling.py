@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from selfcorrect.batches import token_logprobs
-from selfcorrect.engines import make_engine
+from selfcorrect.engines import ENGINES, make_engine
 from selfcorrect.engines.cached import categorical
 from selfcorrect.losses import selective_log_softmax
 from selfcorrect.rollout import ChatFormat, SamplingSettings, generate
@@ -42,7 +42,7 @@ def _critical_value(df: int) -> float:
     return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
 
 
-@pytest.mark.parametrize("engine", ["hf", "cached"])
+@pytest.mark.parametrize("engine", sorted(ENGINES))
 @pytest.mark.parametrize("temperature", [1.0, 0.5])
 def test_sampled_token_frequencies_match_softmax_over_temperature(temperature, engine):
     tok = tiny_tokenizer()
