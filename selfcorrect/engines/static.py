@@ -6,7 +6,8 @@ Python overhead that dominates decoding a small model; the issue's H200 anchor f
 is 3.8k tokens/s with the dynamic cache and 21.6k with the static cache compiled. A compiled
 graph serves one shape, so batches are brought to a few: rows to the next power of two (at most
 the batch size; filler rows repeat the first row and are dropped) and contexts left-padded to a
-multiple of WIDTH_BUCKET tokens (the cache length follows: context + max_new_tokens).
+multiple of WIDTH_BUCKET tokens. (The cache is context + max_new_tokens long, or longer: newer
+transformers allocate the longest length used so far, to the same end.)
 
 Elsewhere (CPU) transformers does not compile and this is the hf engine with a preallocated
 cache: the same results (tests/test_engines.py), no faster. Unlike the cached engine it keeps
