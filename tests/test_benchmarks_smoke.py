@@ -26,11 +26,15 @@ needs_trl = pytest.mark.skipif(importlib.util.find_spec("trl") is None,
                                reason="trl is not installed (pip install -e '.[bench]')")
 
 
+def script_env(**extra: str) -> dict[str, str]:
+    """The environment a benchmark runs in here: CPU only, one thread, offline."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "TOKENIZERS_PARALLELISM": "false",
+            "HF_HUB_OFFLINE": "1", **extra}
+
+
 def run_script(name: str, *args: str, timeout: float = 240) -> dict:
     """Run benchmarks/NAME with ARGS; the last stdout line parsed as JSON."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "TOKENIZERS_PARALLELISM": "false",
-           "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / name), *args], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / name), *args], cwd=REPO, env=script_env(),
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -78,8 +82,7 @@ def check_gpu_bench(result: dict) -> None:
 
 def test_gpu_check_script_dry_run(tmp_path):
     """scripts/gpu_check.sh, the one-call GPU check, on a CPU: every part runs and writes its results."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "GPU_CHECK_DEVICE": "cpu",
-           "OUT": str(tmp_path), "PYTHON": sys.executable}
+    env = script_env(GPU_CHECK_DEVICE="cpu", OUT=str(tmp_path), PYTHON=sys.executable)
     proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh")], env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
