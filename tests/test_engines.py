@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from selfcorrect.engines import ENGINES, make_engine
+from selfcorrect.engines import ENGINES, UNSEEDED, make_engine
 from selfcorrect.engines.base import SamplingSettings
 from selfcorrect.engines.hf import HFGenerate
 from selfcorrect.rollout import ChatFormat, rollout, verify
@@ -73,6 +73,11 @@ def test_seeded_rows_match_the_reference_engine(name):
     settings = SamplingSettings(greedy=False, temperature=0.8, max_new_tokens=8)
     stop = {tok.eos_token_id}
     seeds = [11, 12, 13, 14]
+    if name in UNSEEDED:
+        with pytest.raises(ValueError, match="cannot seed rows one by one"):
+            make_engine(name).generate(model, contexts, settings, stop_ids=stop, pad_id=tok.pad_token_id,
+                                       batch_size=2, row_seeds=seeds)
+        return
     ref = HFGenerate().generate(model, contexts, settings, stop_ids=stop, pad_id=tok.pad_token_id,
                                 batch_size=4, row_seeds=seeds)
     out = make_engine(name).generate(model, contexts, settings, stop_ids=stop, pad_id=tok.pad_token_id,
@@ -91,6 +96,11 @@ def test_engine_logprobs_are_the_models_at_the_temperature(name, seeds, top_p):
     contexts = _contexts(tok)
     settings = SamplingSettings(greedy=False, temperature=0.7, top_p=top_p, max_new_tokens=8)
     torch.manual_seed(0)
+    if name in UNSEEDED and (seeds is not None or top_p < 1):
+        with pytest.raises(ValueError, match="seed rows|top_p 1.0 only"):
+            make_engine(name).generate(model, contexts, settings, stop_ids={tok.eos_token_id},
+                                       pad_id=tok.pad_token_id, batch_size=4, row_seeds=seeds)
+        return
     out = make_engine(name).generate(model, contexts, settings, stop_ids={tok.eos_token_id},
                                      pad_id=tok.pad_token_id, batch_size=4, row_seeds=seeds)
     assert out.logprobs is not None

@@ -5,6 +5,8 @@
   and drops finished rows from the batch.
 - static: Hugging Face `generate` into a preallocated cache, in bucketed shapes, which
   transformers compiles on CUDA.
+- paged: transformers' continuous batching with paged attention (rows join and leave one
+  running batch); for GPUs, no per-row seeds.
 """
 
 from __future__ import annotations
@@ -18,7 +20,12 @@ ENGINES = {
     "hf": "selfcorrect.engines.hf:HFGenerate",
     "cached": "selfcorrect.engines.cached:CachedEngine",
     "static": "selfcorrect.engines.static:StaticCacheGenerate",
+    "paged": "selfcorrect.engines.paged:PagedGenerate",
 }
+
+# engines that sample with one generator per batch: no per-row seeds (rollout.seeding problem),
+# no top_p < 1 (their log-probs would be the nucleus')
+UNSEEDED = frozenset({"paged"})
 
 
 def make_engine(name: str, model=None) -> Engine:
@@ -34,4 +41,4 @@ def make_engine(name: str, model=None) -> Engine:
     return getattr(importlib.import_module(module), cls)()
 
 
-__all__ = ["ENGINES", "Engine", "Generated", "SamplingSettings", "make_engine"]
+__all__ = ["ENGINES", "UNSEEDED", "Engine", "Generated", "SamplingSettings", "make_engine"]

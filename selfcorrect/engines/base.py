@@ -6,7 +6,8 @@ every engine by tests/test_engines.py:
 - a row stops at the first of its stop ids (kept in the output) or after max_new_tokens (then
   `cut` is True), independently of the other rows;
 - sampling draws from exactly softmax(z / T) (top_p < 1: the nucleus of that), and with
-  `row_seeds` a row's tokens depend only on its seed (sampling.GumbelSampler's draws);
+  `row_seeds` a row's tokens depend only on its seed (sampling.GumbelSampler's draws; an
+  engine in engines.UNSEEDED refuses row_seeds and top_p < 1 instead);
 - token in, token out: the ids returned are the ids sampled, never re-tokenised text;
 - `logprobs`: log softmax(z / T)[token] of each returned token as the
   engine computed it, so the trainer can log the gap to its own log-probs.

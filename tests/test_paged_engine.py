@@ -1,0 +1,78 @@
+"""The paged (continuous batching) engine: its sizing, its refusals, and training with it (its
+results are checked with every engine in test_engines.py)."""
+
+import pytest
+import torch
+
+from selfcorrect.engines import make_engine, paged
+from selfcorrect.engines.base import SamplingSettings
+from selfcorrect.rollout import ChatFormat
+from test_train import make_trainer, tiny_config
+from tiny import tiny_model, tiny_tokenizer
+
+
+def _contexts(tok, lengths):
+    fmt = ChatFormat(tok)
+    return [fmt.first_ids([{"role": "user", "content": "x" * n}]) for n in lengths]
+
+
+def test_the_cache_holds_the_batch_size_longest_rows_at_full_length():
+    page = paged.PAGE_SIZE
+    # rows of 1, 2 and 3 pages once max_new_tokens is added; 2 run at once: 3 + 2 pages, plus a spare
+    assert paged.cache_pages([page - 4, 2 * page - 4, 3 * page - 4], 4, batch_size=2) == 6
+    assert paged.cache_pages([1], 1, batch_size=8) == 2
+
+
+def test_the_same_torch_seed_draws_the_same_rows():
+    """One generator for the batch, reseeded by the manager from its own stream: a seed fixes a
+    call's samples (what exact resume needs), and the process's stream moves on after it."""
+    tok = tiny_tokenizer()
+    model = tiny_model(tok, seed=5)
+    contexts = _contexts(tok, (1, 4, 9)) * 3
+    settings = SamplingSettings(greedy=False, temperature=1.0, max_new_tokens=8)
+
+    def draw():
+        torch.manual_seed(7)
+        out = make_engine("paged").generate(model, contexts, settings, stop_ids={tok.eos_token_id},
+                                            pad_id=tok.pad_token_id, batch_size=4)
+        return out.ids, torch.rand(1).item()
+
+    first, second = draw(), draw()
+    assert first == second
+    assert len({tuple(ids) for ids in first[0]}) > 3
+
+
+def test_a_request_that_cannot_run_is_an_error_not_a_hang(monkeypatch):
+    tok = tiny_tokenizer()
+    model = tiny_model(tok, seed=3)
+    monkeypatch.setattr(paged, "cache_pages", lambda *args: 1)  # smaller than any row
+    with pytest.raises(RuntimeError, match="requests did not finish"):
+        make_engine("paged").generate(model, _contexts(tok, (40, 3)), SamplingSettings(max_new_tokens=30),
+                                      stop_ids={tok.eos_token_id}, pad_id=tok.pad_token_id, batch_size=2)
+
+
+def test_a_model_without_continuous_batching_is_refused():
+    with pytest.raises(ValueError, match="needs a Hugging Face model"):
+        make_engine("paged").generate(torch.nn.Linear(2, 2), [[1, 2]], SamplingSettings(max_new_tokens=2),
+                                      stop_ids={0}, pad_id=0, batch_size=1)
+
+
+def test_training_with_the_paged_engine_logs_its_gap_and_resumes_exactly(tmp_path):
+    cfg = tiny_config(tmp_path)
+    cfg.rollout.engine = "paged"
+    history = make_trainer(cfg).train()
+    assert all(m["engine_logprob_gap"] < 1e-4 for m in history)
+    (tmp_path / "run" / "checkpoints" / "LATEST").write_text("step-000002")
+    cfg2 = tiny_config(tmp_path)
+    cfg2.rollout.engine = "paged"
+    cfg2.run.resume = True
+    tail = [m["loss"] for m in make_trainer(cfg2).train()]
+    assert tail == pytest.approx([m["loss"] for m in history[2:]], rel=1e-5, abs=1e-7)
+
+
+def test_per_row_seeding_is_refused_before_training_starts(tmp_path):
+    cfg = tiny_config(tmp_path)
+    cfg.rollout.engine = "paged"
+    cfg.rollout.seeding = "problem"
+    with pytest.raises(ValueError, match="paged cannot seed rows"):
+        make_trainer(cfg)
