@@ -68,6 +68,7 @@ from rollout_speed import save_tiny  # noqa: E402
 
 from selfcorrect import models  # noqa: E402
 from selfcorrect.config import load_yaml  # noqa: E402
+from selfcorrect.engines import ENGINES  # noqa: E402
 from selfcorrect.tasks import build_task  # noqa: E402
 from selfcorrect.train import Trainer, take_problems  # noqa: E402
 
@@ -236,7 +237,7 @@ def side(name: str, seconds: list[float], attempts: int, tokens: list[float]) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_step_arguments(parser)
-    parser.add_argument("--engine", default="auto", help="our rollout engine: auto, hf, cached, static")
+    parser.add_argument("--engine", default="auto", help=f"our rollout engine: auto, {', '.join(ENGINES)}")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per side (after one warm-up each)")
     parser.add_argument("--full-rows", action="store_true",
                         help="our update runs every row in full (optim.share_prompt false) instead of each "

@@ -5,7 +5,7 @@
 #   GPU_CHECK_DEVICE=cpu bash scripts/gpu_check.sh        # a seconds-long dry run of the same steps on a CPU
 #
 # 1. which GPU and library versions (machine.txt);
-# 2. benchmarks/gpu_bench.py: rollout tokens/s of every engine (hf, cached, static) at 256 rows
+# 2. benchmarks/gpu_bench.py: rollout tokens/s of every engine (hf, cached, static, paged) at 256 rows
 #    of a random Qwen2-0.5B-shaped bf16 model, and the MFU and peak memory of one update
 #    (gpu_bench.json / .log);
 # 3. benchmarks/gpu_smoke.py: a few bf16 SCoRe steps with full weights and with LoRA on the same

@@ -40,7 +40,7 @@ from .metrics import edit_distance_ratio, self_correction_metrics
 from .optim import adamw, autocast, fp32_master_weights, lr_factor
 from .parallel import Replicated, generation_view
 from .progress import progress
-from .engines import UNSEEDED, make_engine
+from .engines import SEEDED, UNSEEDED, make_engine
 from .rollout import ChatFormat, SamplingSettings, rollout, verify
 from .sampling import row_seed, text_key
 from .shared_prompt import first_scored, shared_prompt_logprobs
@@ -597,9 +597,9 @@ def sampling_mode(cfg: Config, world: int) -> str:
         raise ValueError("rollout.seeding stream cannot be used on several processes (each rank's stream would "
                          "make the samples depend on the world size); use problem or auto")
     if mode == "problem" and cfg.rollout.engine in UNSEEDED:
-        raise ValueError(f"rollout.engine {cfg.rollout.engine} cannot seed rows one by one, which rollout.seeding problem (the "
-                         "default on several processes) needs; use another engine (cached, hf, static), or "
-                         "rollout.seeding stream on one process")
+        raise ValueError(f"rollout.engine {cfg.rollout.engine} cannot seed rows one by one, which rollout.seeding "
+                         f"problem (the default on several processes) needs; use another engine "
+                         f"({', '.join(SEEDED)}), or rollout.seeding stream on one process")
     return mode
 
 

@@ -26,6 +26,7 @@ ENGINES = {
 # engines that sample with one generator per batch: no per-row seeds (rollout.seeding problem),
 # no top_p < 1 (their log-probs would be the nucleus')
 UNSEEDED = frozenset({"paged"})
+SEEDED = tuple(name for name in ENGINES if name not in UNSEEDED)  # what to suggest instead
 
 
 def make_engine(name: str, model=None) -> Engine:
@@ -41,4 +42,4 @@ def make_engine(name: str, model=None) -> Engine:
     return getattr(importlib.import_module(module), cls)()
 
 
-__all__ = ["ENGINES", "UNSEEDED", "Engine", "Generated", "SamplingSettings", "make_engine"]
+__all__ = ["ENGINES", "SEEDED", "UNSEEDED", "Engine", "Generated", "SamplingSettings", "make_engine"]

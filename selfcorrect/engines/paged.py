@@ -4,8 +4,8 @@ Rows are requests to a manager that keeps one running batch: a finished row leav
 once and a waiting one takes its place, prompts are prefilled in chunks alongside other
 rows' decoding, and the keys/values live in pages of PAGE_SIZE tokens, so identical prompt
 pages (the k samples of a problem) can be shared. Its place is a GPU, where transformers runs
-it with flash or paged attention kernels; on a 2-core CPU it was measured 3-4x slower per
-token than the cached engine (docs/PERFORMANCE.md), so `auto` never picks it.
+it with flash or paged attention kernels; on a 2-core CPU a full SmolLM2 rollout ran at 0.74x
+the hf engine's tokens/s (docs/PERFORMANCE.md), so `auto` never picks it.
 
 What it cannot do, and so refuses rather than doing something else:
 - per-row seeds (`--rollout.seeding problem`, the default on several processes): it samples
@@ -14,8 +14,9 @@ What it cannot do, and so refuses rather than doing something else:
 - nucleus sampling (top_p < 1): its log-probs are those of the renormalised nucleus, not
   log softmax(z / T) as the engine contract (base.py) asks.
 The manager generates in a thread of its own, which does not inherit the caller's autocast;
-for a bf16 model the forward is wrapped in the caller's autocast for the call, so a LoRA run on
-a bf16 base samples as the hf engine does (fp32 weights generate in fp32, see _callers_autocast). A greedy call leaves torch's generators as it found them (the manager
+for a bf16 model the forward is wrapped in the caller's autocast for the call, so a LoRA run
+on a bf16 base samples as the hf engine does (fp32 weights generate in fp32, see
+_callers_autocast). A greedy call leaves torch's generators as it found them (the manager
 reseeds the global one when it starts).
 A fresh manager runs each call, with a cache sized for that call. Keeping one across the two
 attempts would let attempt 2 share attempt 1's pages, but a restarted manager only accepts
@@ -30,6 +31,7 @@ from contextlib import contextmanager
 
 import torch
 
+from . import SEEDED
 from .base import Generated, SamplingSettings, check_request, split_at_stop
 from .hf import _own_generation_defaults, generation_config
 
@@ -83,7 +85,7 @@ class PagedGenerate:
         if row_seeds is not None and not settings.greedy:
             raise ValueError("the paged engine cannot seed rows one by one (transformers' continuous batching "
                              "samples with one generator for the batch); use --rollout.seeding stream on one "
-                             "process, or another engine (cached, hf, static)")
+                             f"process, or another engine ({', '.join(SEEDED)})")
         if not settings.greedy and settings.top_p < 1.0:
             raise ValueError("the paged engine samples with top_p 1.0 only (under a nucleus it reports the "
                              "nucleus' log-probs, not log softmax(z / T)); use another engine for top_p < 1")
@@ -97,7 +99,9 @@ class PagedGenerate:
         cb_cfg = batching_config(hf.config, [len(c) for c in contexts], settings.max_new_tokens, batch_size, device)
         if device.type == "cuda":
             torch.cuda.empty_cache()  # transformers checks the cache against memory not reserved by torch
-        cuda_rng = [torch.cuda.current_device() if device.index is None else device.index] if device.type == "cuda" else []
+        cuda_rng = []  # fork_rng restores the CPU generator and these GPUs'
+        if device.type == "cuda":
+            cuda_rng = [torch.cuda.current_device() if device.index is None else device.index]
         with torch.random.fork_rng(devices=cuda_rng, enabled=settings.greedy), _callers_autocast(hf, device):
             outputs = _run(model, hf, [list(c) for c in contexts], gen_cfg, cb_cfg, settings.max_new_tokens)
         result = Generated([], [], [])
