@@ -44,7 +44,7 @@ import time
 
 import torch
 
-from selfcorrect.engines import ENGINES, UNSEEDED, make_engine
+from selfcorrect.engines import UNSEEDED, installed, make_engine
 from selfcorrect.rollout import ChatFormat, SamplingSettings, rollout
 from selfcorrect.tasks import build_task
 from selfcorrect.tasks.base import Problem, Task
@@ -179,14 +179,15 @@ def take(problems: list[Problem], n: int) -> list[Problem]:
 
 
 # ----------------------------------------------------------------------------- measurement
-def timed_rollout(model, tok, task, problems, engine_name, *, samples, settings, batch, seeded) -> dict:
-    """One full rollout (2 attempts) with a fresh engine; its generated tokens and seconds."""
+def timed_rollout(model, tok, task, problems, engine, *, samples, settings, batch, seeded) -> dict:
+    """One full rollout (2 attempts) with `engine` (which resets at the rollout's end, as in
+    training); its generated tokens and seconds."""
     seeds = list(range(len(problems) * samples)) if seeded else None
     if model.device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     ro = rollout(model, tok, task, problems, n_attempts=2, samples_per_problem=samples, settings=settings,
-                 batch_size=batch, row_seeds=seeds, engine=make_engine(engine_name, model))
+                 batch_size=batch, row_seeds=seeds, engine=engine)
     wall = time.perf_counter() - start
     lengths = [[len(a) for a in row] for row in ro.attempts]
     return {"tokens": ro.generated_tokens, "seconds": ro.generation_seconds, "wall_seconds": wall,
@@ -209,13 +210,16 @@ def measure(model, tok, task, engines, *, batches, problems, samples, max_new_to
             # warm-up at full width (allocator, kernels, first-call costs) but only a few tokens
             short = SamplingSettings(greedy=settings.greedy, temperature=settings.temperature,
                                      max_new_tokens=min(8, max_new_tokens))
+            # one engine each for all its rollouts, as a training run keeps one: what an engine
+            # starts once (vLLM, compiled graphs) is not timed again
+            live = {name: make_engine(name, model) for name in engines}
             for name in engines:
-                timed_rollout(model, tok, task, chosen, name, samples=samples, settings=short, batch=batch,
+                timed_rollout(model, tok, task, chosen, live[name], samples=samples, settings=short, batch=batch,
                               seeded=seeded)
             runs = {name: [] for name in engines}
             for _ in range(repeats):  # engines take turns, so slow drift hits each alike
                 for name in engines:
-                    runs[name].append(timed_rollout(model, tok, task, chosen, name, samples=samples,
+                    runs[name].append(timed_rollout(model, tok, task, chosen, live[name], samples=samples,
                                                     settings=settings, batch=batch, seeded=seeded))
             for name in engines:
                 results.append(summarise(runs[name], batch=batch, mode=mode, engine=name,
@@ -246,9 +250,9 @@ def row_text(r: dict) -> str:
 
 
 def engine_order(seeded: bool = False) -> list[str]:
-    """hf first (the reference every ratio divides by), then the others (seeded: those that can
-    seed rows one by one)."""
-    return ["hf"] + sorted(n for n in ENGINES if n != "hf" and not (seeded and n in UNSEEDED))
+    """hf first (the reference every ratio divides by), then the others installed here (seeded:
+    those that can seed rows one by one)."""
+    return ["hf"] + sorted(n for n in installed() if n != "hf" and not (seeded and n in UNSEEDED))
 
 
 def cell_key(r: dict) -> str:

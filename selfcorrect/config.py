@@ -63,7 +63,9 @@ class RolloutConfig:
                       "distinct prompt, attempt 2 continues attempt 1's KV cache, finished rows leave the batch), "
                       "hf (Hugging Face generate, the reference), static (Hugging Face generate into a preallocated "
                       "cache in bucketed shapes, which transformers compiles on CUDA), paged (transformers' continuous "
-                      "batching with paged attention, for GPUs; no per-row seeds, so one process), auto (cached where the "
+                      "batching with paged attention, for GPUs; no per-row seeds, so one process), vllm (an in-process vLLM, "
+                      "an optional package, the weights copied in after each update; no per-row seeds, one process), "
+                      "auto (cached where the "
                       "model has full attention in every layer, else hf)", ENGINE_NAMES)
     seeding: str = opt("auto", "training sampling: stream (one RNG stream per process), problem (each row "
                        "seeded from the run seed, the problem's position in the data order and the sample "

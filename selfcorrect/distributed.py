@@ -27,6 +27,9 @@ import torch
 DEFAULT_TIMEOUT_S = 1800.0
 
 
+_created = False  # whether init() made the current process group
+
+
 def _dist():
     import torch.distributed as dist
 
@@ -142,6 +145,8 @@ def init(timeout_s: float = DEFAULT_TIMEOUT_S, cuda: bool | None = None, group_o
     if use_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
+    global _created
+    _created = True
     have = dist.get_world_size()
     ranks = gather_objects(dist.get_rank())
     if have != want or sorted(ranks) != list(range(want)):
@@ -152,12 +157,16 @@ def init(timeout_s: float = DEFAULT_TIMEOUT_S, cuda: bool | None = None, group_o
 def shutdown(wait: bool = True) -> None:
     """Leave the process group (end of a command); a no-op when none was joined. wait: first
     meet the other ranks, so none tears down its connections while another still uses them
-    (skipped after an error, when another rank may never arrive)."""
+    (skipped after an error, when another rank may never arrive). A group of one process that
+    init() did not create belongs to whoever made it (the vllm engine's vLLM, which destroys it
+    itself at exit) and is left alone."""
+    global _created
     dist = _dist()
-    if dist.is_available() and dist.is_initialized():
+    if dist.is_available() and dist.is_initialized() and (_created or dist.get_world_size() > 1):
         if wait and dist.get_world_size() > 1:
             dist.barrier()
         dist.destroy_process_group()
+    _created = False
 
 
 def device() -> torch.device:

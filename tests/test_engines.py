@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from selfcorrect.engines import ENGINES, UNSEEDED, make_engine
+from selfcorrect.engines import UNSEEDED, make_engine
 from selfcorrect.engines.base import SamplingSettings
 from selfcorrect.engines.hf import HFGenerate
 from selfcorrect.rollout import ChatFormat, rollout, verify
-from tiny import EchoTask, tiny_model, tiny_tokenizer
+from tiny import ENGINE_HIDDEN, EchoTask, engine_params, tiny_model, tiny_tokenizer
 
-NAMES = sorted(ENGINES)
+NAMES = engine_params()
 
 
 def _contexts(tok, lengths=(1, 7, 20, 3)):
@@ -26,7 +26,7 @@ def _one_by_one(model, tok, contexts, settings, stop_ids):
 @pytest.mark.parametrize("name", NAMES)
 def test_greedy_equals_one_by_one_hf_generate(name):
     tok = tiny_tokenizer()
-    model = tiny_model(tok, seed=3)
+    model = tiny_model(tok, seed=3, hidden=ENGINE_HIDDEN)
     contexts = _contexts(tok)
     settings = SamplingSettings(greedy=True, max_new_tokens=12)
     stop = {tok.eos_token_id}
@@ -38,7 +38,7 @@ def test_greedy_equals_one_by_one_hf_generate(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_each_row_stops_at_its_own_stop_token(name):
     tok = tiny_tokenizer()
-    model = tiny_model(tok, seed=3)
+    model = tiny_model(tok, seed=3, hidden=ENGINE_HIDDEN)
     contexts = _contexts(tok)
     settings = SamplingSettings(greedy=True, max_new_tokens=12)
     free = _one_by_one(model, tok, contexts, settings, {tok.eos_token_id})
@@ -55,7 +55,7 @@ def test_each_row_stops_at_its_own_stop_token(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_k_samples_per_prompt_are_independent_draws(name):
     tok = tiny_tokenizer()
-    model = tiny_model(tok, seed=5)
+    model = tiny_model(tok, seed=5, hidden=ENGINE_HIDDEN)
     contexts = _contexts(tok, (4,)) * 8
     settings = SamplingSettings(greedy=False, temperature=1.0, max_new_tokens=8)
     torch.manual_seed(0)
@@ -68,7 +68,7 @@ def test_k_samples_per_prompt_are_independent_draws(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_seeded_rows_match_the_reference_engine(name):
     tok = tiny_tokenizer()
-    model = tiny_model(tok, seed=5)
+    model = tiny_model(tok, seed=5, hidden=ENGINE_HIDDEN)
     contexts = _contexts(tok)
     settings = SamplingSettings(greedy=False, temperature=0.8, max_new_tokens=8)
     stop = {tok.eos_token_id}
@@ -92,7 +92,7 @@ def test_engine_logprobs_are_the_models_at_the_temperature(name, seeds, top_p):
     from selfcorrect.batches import token_logprobs
 
     tok = tiny_tokenizer()
-    model = tiny_model(tok, seed=5)
+    model = tiny_model(tok, seed=5, hidden=ENGINE_HIDDEN)
     contexts = _contexts(tok)
     settings = SamplingSettings(greedy=False, temperature=0.7, top_p=top_p, max_new_tokens=8)
     torch.manual_seed(0)
@@ -117,7 +117,7 @@ def test_multi_turn_rollout_equals_the_reference_engine(name):
     """Attempt 2 continues [x, y1, p]: an engine that reuses state between turns must give the
     rows the stateless reference gives (greedy), and be reusable after the rollout."""
     tok = tiny_tokenizer()
-    model = tiny_model(tok, seed=1)
+    model = tiny_model(tok, seed=1, hidden=ENGINE_HIDDEN)
     task = EchoTask(3)
     problems = task.load("train")
     settings = SamplingSettings(greedy=True, max_new_tokens=6)

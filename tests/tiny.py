@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import string
 
+import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -27,12 +28,25 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return tok
 
 
-def tiny_model(tok, seed: int = 0, layers: int = 2, hidden: int = 32) -> LlamaForCausalLM:
+# models the engine contract is checked on: 4 heads of 32, the smallest vLLM's CPU attention takes
+ENGINE_HIDDEN = 128
+
+
+def engine_params() -> list:
+    """Every registered engine as a pytest parameter, skipped where its optional package is missing."""
+    from selfcorrect.engines import ENGINES, NEEDS, installed
+
+    have = installed()
+    return [pytest.param(n, marks=pytest.mark.skipif(n not in have, reason=f"needs the {NEEDS.get(n)} package"))
+            for n in sorted(ENGINES)]
+
+
+def tiny_model(tok, seed: int = 0, layers: int = 2, hidden: int = 32, tie: bool = False) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                       max_position_embeddings=512, pad_token_id=tok.pad_token_id,
-                      eos_token_id=tok.eos_token_id, bos_token_id=None, tie_word_embeddings=False)
+                      eos_token_id=tok.eos_token_id, bos_token_id=None, tie_word_embeddings=tie)
     return LlamaForCausalLM(cfg).eval()
 
 

@@ -7,11 +7,14 @@
   transformers compiles on CUDA.
 - paged: transformers' continuous batching with paged attention (rows join and leave one
   running batch); for GPUs, no per-row seeds.
+- vllm: an in-process vLLM (optional package) holding a copy of the policy's weights; no per-row
+  seeds, one process.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 from .base import Engine, Generated, SamplingSettings
 
@@ -21,12 +24,20 @@ ENGINES = {
     "cached": "selfcorrect.engines.cached:CachedEngine",
     "static": "selfcorrect.engines.static:StaticCacheGenerate",
     "paged": "selfcorrect.engines.paged:PagedGenerate",
+    "vllm": "selfcorrect.engines.vllm_engine:VLLMGenerate",
 }
 
 # engines that sample with one generator per batch: no per-row seeds (rollout.seeding problem),
 # no top_p < 1 (their log-probs would be the nucleus')
-UNSEEDED = frozenset({"paged"})
+UNSEEDED = frozenset({"paged", "vllm"})
 SEEDED = tuple(name for name in ENGINES if name not in UNSEEDED)  # what to suggest instead
+# engines that need a package of their own (an optional dependency): name -> module
+NEEDS = {"vllm": "vllm"}
+
+
+def installed() -> tuple[str, ...]:
+    """The engines that can run here (their optional package, if any, is importable)."""
+    return tuple(n for n in ENGINES if n not in NEEDS or importlib.util.find_spec(NEEDS[n]) is not None)
 
 
 def make_engine(name: str, model=None) -> Engine:
@@ -42,4 +53,5 @@ def make_engine(name: str, model=None) -> Engine:
     return getattr(importlib.import_module(module), cls)()
 
 
-__all__ = ["ENGINES", "SEEDED", "UNSEEDED", "Engine", "Generated", "SamplingSettings", "make_engine"]
+__all__ = ["ENGINES", "NEEDS", "SEEDED", "UNSEEDED", "Engine", "Generated", "SamplingSettings", "installed",
+           "make_engine"]
