@@ -31,8 +31,19 @@ def _reference(model, tok, settings=GREEDY):
     return _greedy(HFGenerate(), model, tok, settings).ids
 
 
-def test_refusals_need_no_vllm():
-    """Per-row seeds and a nucleus are refused before vLLM is touched (also where it is absent)."""
+def test_a_missing_vllm_is_a_clear_error_before_anything_runs(monkeypatch):
+    import selfcorrect.engines as engines
+
+    monkeypatch.setattr(engines, "installed", lambda: ("hf", "cached"))
+    with pytest.raises(ValueError, match=r"needs the vllm package.*pip install 'selfcorrect\[vllm\]'"):
+        make_engine("vllm")
+
+
+needs_vllm = pytest.mark.skipif("vllm" not in installed(), reason="needs the vllm package")
+
+
+@needs_vllm
+def test_per_row_seeds_and_a_nucleus_are_refused():
     tok = tiny_tokenizer()
     model = tiny_model(tok, hidden=ENGINE_HIDDEN)
     sample = SamplingSettings(greedy=False, temperature=1.0, max_new_tokens=4)
@@ -42,18 +53,6 @@ def test_refusals_need_no_vllm():
     with pytest.raises(ValueError, match="top_p 1.0 only"):
         make_engine("vllm").generate(model, _contexts(tok), SamplingSettings(greedy=False, top_p=0.9), stop_ids={1},
                                      pad_id=0, batch_size=3)
-
-
-def test_a_missing_vllm_is_a_clear_error(monkeypatch):
-    import selfcorrect.engines.vllm_engine as vllm_engine
-
-    monkeypatch.setattr(vllm_engine, "installed", lambda: ("hf",))
-    tok = tiny_tokenizer()
-    with pytest.raises(ValueError, match="needs vLLM: pip install"):
-        _greedy(make_engine("vllm"), tiny_model(tok, hidden=ENGINE_HIDDEN), tok)
-
-
-needs_vllm = pytest.mark.skipif("vllm" not in installed(), reason="needs the vllm package")
 
 
 @needs_vllm

@@ -49,6 +49,10 @@ def make_engine(name: str, model=None) -> Engine:
         name = "cached" if model is not None and supports(model) else "hf"
     if name not in ENGINES:
         raise ValueError(f"unknown rollout engine {name!r}; known: {', '.join(sorted(ENGINES))}")
+    if name not in installed():  # before a model is loaded or a step is taken
+        raise ValueError(f"the {name} engine needs the {NEEDS[name]} package, which is not installed here: "
+                         f"pip install 'selfcorrect[{name}]' (or see scripts/test_{name}.sh); "
+                         f"engines that run here: {', '.join(installed())}")
     module, cls = ENGINES[name].split(":")
     return getattr(importlib.import_module(module), cls)()
 

