@@ -38,6 +38,8 @@ Settings made equal on purpose (TRL's defaults differ; checked against trl 1.16)
   same lr, weight decay and clipping; torch AdamW; no logging, saving or reporting.
 - micro-batches: ours runs the whole step's rows in one forward/backward (--micro-batch), like
   TRL's single batch.
+- host memory: on a CPU our Trainer sets glibc's malloc to keep freed memory
+  (selfcorrect/host_memory.py); the setting is process-wide, so TRL's steps here run with it too.
 
 The last line printed is one JSON object: ours_attempts_per_s, trl_attempts_per_s, ratio
 (ours / TRL) and the settings. Runs offline (HF_HUB_OFFLINE is set).

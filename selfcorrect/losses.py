@@ -94,10 +94,13 @@ class _SelectiveLogSoftmax(torch.autograd.Function):
             scaled = logits[s : s + chunk_rows].to(lse.dtype)
             if temperature != 1.0:
                 scaled = scaled / temperature
-            probs = (scaled - lse[s : s + chunk_rows].unsqueeze(-1)).exp_()
+            # fp32 logits: built in place in the result (no [c, T, V] buffer and copy per chunk)
+            into = grad_logits[s : s + chunk_rows] if logits.dtype == lse.dtype else None
+            probs = torch.sub(scaled, lse[s : s + chunk_rows].unsqueeze(-1), out=into).exp_()
             grad = probs.mul_(-g)  # −grad · softmax / τ
             grad.scatter_add_(-1, ids[s : s + chunk_rows].unsqueeze(-1), g)  # + grad / τ at the chosen id
-            grad_logits[s : s + chunk_rows] = grad.to(logits.dtype)
+            if into is None:
+                grad_logits[s : s + chunk_rows] = grad.to(logits.dtype)
         return grad_logits, None, None, None
 
 

@@ -41,6 +41,7 @@ from .optim import adamw, autocast, fp32_master_weights, lr_factor
 from .parallel import Replicated, generation_view
 from .progress import progress
 from .engines import SEEDED, UNSEEDED, make_engine
+from .host_memory import keep_freed_memory
 from .rollout import ChatFormat, SamplingSettings, rollout, verify
 from .sampling import row_seed, text_key
 from .shared_prompt import first_scored, shared_prompt_logprobs
@@ -106,6 +107,8 @@ class Trainer:
             model, tokenizer = models.load(cfg.model, training=True, progress=cfg.run.progress)
         self.model, self.tok = self._match_lora(model), tokenizer
         self.device = next(self.model.parameters()).device
+        if self.device.type == "cpu":  # after loading: the load's own garbage still goes back to the kernel
+            keep_freed_memory()
         from peft import PeftModel
 
         # derived from the model itself: a caller may pass a peft model built elsewhere. Made

@@ -112,6 +112,19 @@ def test_vs_trl_tiny():
     assert result["settings"]["beta"] > 0
 
 
+def test_host_memory_speed_tiny():
+    result = run_script("host_memory_speed.py", "--rounds", "1", "--repeats", "1", "--model", "tiny", "--problems",
+                        "2", "--samples", "2", "--max-new-tokens", "4")
+    assert positive(result["kept_seconds"]) and positive(result["default_seconds"]) and positive(result["ratio"])
+    assert len(result["runs"]["kept"]) == len(result["runs"]["default"]) == 1
+
+
+def test_update_speed_one_way():
+    result = run_script("update_speed.py", "--model", "tiny", "--problems", "2", "--samples", "2",
+                        "--max-new-tokens", "4", "--repeats", "1", "--ways", "shared")
+    assert positive(result["shared_seconds"]) and "full_seconds" not in result and "speedup" not in result
+
+
 def test_update_speed_tiny():
     result = run_script("update_speed.py", "--model", "tiny", "--problems", "2", "--samples", "3",
                         "--max-new-tokens", "4", "--repeats", "1")
