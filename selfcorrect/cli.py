@@ -207,6 +207,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def entry() -> None:
+    """`selfcorrect ...` and `python -m selfcorrect ...`: run main() and exit with its code (a
+    process of a torchrun job by distributed.exit_process, which avoids an abort at exit)."""
+    from . import distributed
+
+    distributed.exit_process(main())
+
+
 def launch(cfg: C.Config) -> C.Config:
     """Join the process group when launched by torchrun / accelerate (a no-op otherwise), after
     checking that the launch is what it claims to be (distributed.expected_world_size)."""

@@ -18,9 +18,12 @@ Launch traps this module refuses, instead of silently training N independent cop
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
-from typing import Any, Callable, Mapping
+import sys
+import threading
+from typing import Any, Callable, Mapping, NoReturn
 
 import torch
 
@@ -28,6 +31,7 @@ DEFAULT_TIMEOUT_S = 1800.0
 
 
 _created = False  # whether init() made the current process group
+_joined_others = False  # whether this process ever joined a group of several (see exit_process)
 
 
 def _dist():
@@ -145,9 +149,10 @@ def init(timeout_s: float = DEFAULT_TIMEOUT_S, cuda: bool | None = None, group_o
     if use_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
-    global _created
+    global _created, _joined_others
     _created = True
     have = dist.get_world_size()
+    _joined_others = have > 1
     ranks = gather_objects(dist.get_rank())
     if have != want or sorted(ranks) != list(range(want)):
         raise ValueError(f"launch: WORLD_SIZE={want} but the process group holds ranks {sorted(ranks)}")
@@ -167,6 +172,32 @@ def shutdown(wait: bool = True) -> None:
             dist.barrier()
         dist.destroy_process_group()
     _created = False
+
+
+def exit_process(code: int) -> NoReturn:
+    """End the process with exit status `code`, as the last statement of a script that may run
+    under torchrun (the CLI does). A process that never joined a group of several exits normally.
+
+    One that did ends without interpreter finalization, because on CPU it could otherwise abort
+    after its work was done: a gloo worker thread may still hold the last collective's tensors;
+    releasing them frees their Python objects, which needs the GIL, and a thread that asks for
+    the GIL while Python finalizes is ended by CPython (<= 3.13) with pthread_exit, whose unwind
+    through that C++ destructor calls std::terminate ("terminate called without an active
+    exception", exit -6 or -11; gdb shows ~AsyncBroadcastWork -> decref_pyobject -> take_gil).
+    What a normal exit does first is kept: other non-daemon threads are joined, atexit handlers
+    run (verifier workers stopped, the run lock released, logging flushed), streams flushed."""
+    if not _joined_others:
+        sys.exit(code)
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing left to lose
+            pass
+    os._exit(code)
 
 
 def device() -> torch.device:

@@ -161,6 +161,7 @@ def main() -> None:
     result = globals()[f"scenario_{name}"](out)
     torch.save(result, out / f"rank{distributed.rank()}.pt")
     distributed.shutdown()
+    distributed.exit_process(0)
 
 
 if __name__ == "__main__":

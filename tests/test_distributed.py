@@ -106,7 +106,7 @@ def test_two_ranks_make_the_one_process_update_on_the_concatenated_batch(tmp_pat
 def test_a_killed_rank_ends_the_job_and_resume_continues_exactly(tmp_path):
     out = tmp_path / "job"
     out.mkdir()
-    code, log = torchrun(["tests/dist_worker.py", "crash", str(out)], retry_teardown_abort=False)
+    code, log = torchrun(["tests/dist_worker.py", "crash", str(out)])
     assert code != 0
     assert "SIGKILL" in log  # torchrun names the rank that died, then stops the others
     run = out / "run"
@@ -239,3 +239,30 @@ def test_shards_are_contiguous_disjoint_and_cover_the_batch():
             assert bounds[0][0] == 0 and bounds[-1][1] == n
             assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
             assert max(hi - lo for lo, hi in bounds) - min(hi - lo for lo, hi in bounds) <= 1
+
+
+EXIT_SCRIPT = """
+import atexit, pathlib, sys, threading, time
+from selfcorrect import distributed
+out = pathlib.Path(sys.argv[1])
+distributed._joined_others = sys.argv[2] == "joined"  # what init() sets in a group of several
+atexit.register(lambda: (out / "atexit").write_text("ran"))
+threading.Thread(target=lambda: (time.sleep(0.3), (out / "thread").write_text("done"))).start()
+print("buffered, no newline", end="")
+distributed.exit_process(3)
+"""
+
+
+@pytest.mark.parametrize("joined", ["joined", "alone"])
+def test_exit_process_keeps_what_a_normal_exit_does(tmp_path, joined):
+    """A rank ends by os._exit (no interpreter finalization), yet its exit code, buffered output,
+    atexit handlers and non-daemon threads are what a normal exit would give."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, str(tmp_path), joined], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == "buffered, no newline"
+    assert (tmp_path / "atexit").read_text() == "ran"
+    assert (tmp_path / "thread").read_text() == "done"

@@ -134,11 +134,12 @@ def test_logged_statistics_do_not_depend_on_micro_batch_size(tmp_path):
 
     one, five, all_rows, budget = first_step(1), first_step(5), first_step(6), by_tokens(40)
     # float rounding only (the prompt pass is shared by however many of a problem's rows meet in
-    # a micro-batch); a wrong denominator would be off by a factor
+    # a micro-batch; an AVX-512 machine rounded pg_loss 1.1e-5 apart); a wrong denominator would
+    # be off by a factor
     for key in ("pg_loss", "kl_loss", "n_tokens", "n_pg_tokens", "loss"):
-        assert one[key] == pytest.approx(all_rows[key], rel=1e-5, abs=1e-6), key
-        assert five[key] == pytest.approx(all_rows[key], rel=1e-5, abs=1e-6), key
-        assert budget[key] == pytest.approx(all_rows[key], rel=1e-5, abs=1e-6), key
+        assert one[key] == pytest.approx(all_rows[key], rel=1e-4, abs=1e-6), key
+        assert five[key] == pytest.approx(all_rows[key], rel=1e-4, abs=1e-6), key
+        assert budget[key] == pytest.approx(all_rows[key], rel=1e-4, abs=1e-6), key
     assert one["n_tokens"] == all_rows["len_t1"] * 6 + all_rows["len_t2"] * 6
 
 
