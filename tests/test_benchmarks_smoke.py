@@ -110,6 +110,19 @@ def test_vs_trl_tiny():
         assert positive(result[key]), key
     assert result["ours_attempts_per_step"] == 2 * result["trl_attempts_per_step"] == 2 * 4
     assert result["settings"]["beta"] > 0
+    assert all(0 < n <= 4 for n in result["ours_tokens_per_attempt_by_turn"])
+
+
+@needs_trl
+def test_trl_sampling_parity_tiny():
+    """Our hf engine draws TRL's samples, sample for sample, from the same seed (so vs_trl's two
+    sides sample one distribution); the cached engine draws its own rows of the same shape."""
+    result = run_script("trl_sampling_parity.py", "--model", "tiny", "--problems", "3", "--samples", "2",
+                        "--max-new-tokens", "6", "--seeds", "2")
+    for row in result["seeds"].values():
+        assert row["hf_equals_trl"] is True
+        assert row["hf"] == row["trl"]
+        assert row["cached"]["rows"] == 6 and 0 < row["cached"]["mean_length"] <= 6
 
 
 def test_host_memory_speed_tiny():
