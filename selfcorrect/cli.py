@@ -234,9 +234,17 @@ def _rank_prefix() -> str:
 
 def run_train(cfg: C.Config) -> None:
     """Train cfg.algo.method; every method reads the train split before it loads the model."""
+    from . import distributed, models
     from .distributed import say
     from .methods import train_method
 
+    try:
+        device = models.pick_device(cfg.model.device)
+        hint = models.cpu_bf16_hint(device, models.pick_dtype(cfg.model.dtype, device))
+    except ValueError:  # a bad device or dtype: reported where the model is loaded, in its order
+        hint = None
+    if hint and cfg.run.progress and distributed.is_main():
+        print(f"selfcorrect train: {hint}", file=sys.stderr)
     with tasks.build_task(cfg.task.name, cfg.task.options) as task:
         spent = train_method(cfg, task)
     say(f"{cfg.algo.method}: {spent['gradient_updates']} updates, {spent['episodes_sampled']} episodes "
