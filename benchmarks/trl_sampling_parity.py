@@ -30,12 +30,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vs_trl  # noqa: E402  (its model, config, problems and GRPOTrainer, so the settings are the same)
 from selfcorrect.engines import make_engine  # noqa: E402
-from selfcorrect.engines.base import SamplingSettings  # noqa: E402
+from selfcorrect.engines.base import SamplingSettings, split_at_stop  # noqa: E402
 from selfcorrect.rollout import rollout  # noqa: E402
 
 
-def trl_samples(trainer, problems, k: int) -> list[list[int]]:
-    """TRL's attempt-1 ids per row (k rows per problem, problem-major), up to its first stop id."""
+def trl_samples(trainer, problems, k: int, max_new_tokens: int) -> tuple[list[list[int]], list[bool]]:
+    """TRL's attempt-1 ids per row (k rows per problem, problem-major), up to its first stop id,
+    and whether each row was cut at max_new_tokens."""
     from trl.data_utils import maybe_apply_chat_template
 
     tok = trainer.processing_class
@@ -51,16 +52,12 @@ def trl_samples(trainer, problems, k: int) -> list[list[int]]:
         out = trainer.model.generate(**enc, generation_config=trainer.generation_config)
     stops = trainer.generation_config.eos_token_id
     stops = {stops} if isinstance(stops, int) else set(stops)
-    rows = []
-    for row in out[:, enc["input_ids"].shape[1]:].tolist():
-        end = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
-        rows.append(row[:end])
-    return rows
+    split = [split_at_stop(row, stops, max_new_tokens) for row in out[:, enc["input_ids"].shape[1]:].tolist()]
+    return [ids for ids, _ in split], [cut for _, cut in split]
 
 
-def summary(rows: list[list[int]], limit: int, stops: set[int]) -> dict:
-    return {"mean_length": round(statistics.mean(len(r) for r in rows), 2),
-            "cut": sum(len(r) >= limit and r[-1] not in stops for r in rows), "rows": len(rows)}
+def summary(rows: list[list[int]], cuts: list[bool]) -> dict:
+    return {"mean_length": round(statistics.mean(len(r) for r in rows), 2), "cut": sum(cuts), "rows": len(rows)}
 
 
 def main() -> None:
@@ -87,19 +84,18 @@ def main() -> None:
     theirs = vs_trl.trl_trainer(args, cfg, task, problems, [], TrainerCallback(), work / "trl")
     settings = SamplingSettings(greedy=False, temperature=args.temperature, top_p=1.0,
                                 max_new_tokens=args.max_new_tokens)
-    stops = set(ours.fmt.stop_ids)
     result: dict = {"model": args.model, "problems": args.problems, "samples": args.samples,
                     "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "seeds": {}}
     for seed in range(1, args.seeds + 1):
         torch.manual_seed(seed)
-        trl_rows = trl_samples(theirs, problems, args.samples)
-        row = {"trl": summary(trl_rows, args.max_new_tokens, stops)}
+        trl_rows, trl_cuts = trl_samples(theirs, problems, args.samples, args.max_new_tokens)
+        row = {"trl": summary(trl_rows, trl_cuts)}
         for name in args.engines.split(","):
             torch.manual_seed(seed)
             ro = rollout(ours.model, ours.tok, task, problems, n_attempts=1, samples_per_problem=args.samples,
                          settings=settings, batch_size=len(trl_rows), engine=make_engine(name, ours.model))
             ours_rows = [a[0] for a in ro.attempts]
-            row[name] = summary(ours_rows, args.max_new_tokens, stops)
+            row[name] = summary(ours_rows, [cut[0] for cut in ro.truncated])
             if name == "hf":
                 row["hf_equals_trl"] = ours_rows == trl_rows
         result["seeds"][seed] = row
