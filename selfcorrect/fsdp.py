@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from . import distributed
+from .optim import autocast
 
 
 def _fsdp():
@@ -43,12 +44,13 @@ def _blocks(model) -> list[torch.nn.Module]:
     return [m for m in model.modules() if type(m).__name__ in names]
 
 
-def _warm_up(model) -> None:
+def _warm_up(model, compute_dtype: torch.dtype | None = None) -> None:
     """One tiny forward through the root so FSDP finds its root unit now, on every rank together
-    (it would otherwise do it on the first forward, which may be inside `gathered`)."""
+    (it would otherwise do it on the first forward, which may be inside `gathered`). Under the
+    training's autocast: a reference of mixed dtypes (match_master_precision) needs it."""
     device = next(model.parameters()).device
     ids = torch.zeros((1, 2), dtype=torch.long, device=device)
-    with torch.no_grad():
+    with torch.no_grad(), autocast(device, compute_dtype):
         model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
     # the root keeps its parameters gathered after a forward: give the shards back, so that the
     # optimizer (made next) holds the sharded parameters
@@ -56,8 +58,9 @@ def _warm_up(model) -> None:
         unit.reshard()
 
 
-def shard_model(model):
-    """FULL_SHARD `model` in place (blocks, then the root); returns it."""
+def shard_model(model, compute_dtype: torch.dtype | None = None):
+    """FULL_SHARD `model` in place (blocks, then the root); returns it. compute_dtype: the
+    autocast dtype its forwards run under (None: fp32)."""
     from peft import PeftModel
 
     if isinstance(model, PeftModel):
@@ -67,14 +70,14 @@ def shard_model(model):
     for block in _blocks(model):
         fully_shard(block)
     fully_shard(model)
-    _warm_up(model)
+    _warm_up(model, compute_dtype)
     return model
 
 
-def shard_reference(reference) -> None:
+def shard_reference(reference, compute_dtype: torch.dtype | None = None) -> None:
     """Shard the frozen full-weight reference copy like the policy (LoRA has no copy)."""
     if reference.model is not None:
-        shard_model(reference.model)
+        shard_model(reference.model, compute_dtype)
 
 
 def _units(model) -> list:

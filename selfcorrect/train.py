@@ -38,6 +38,7 @@ from .batches import micro_batches, token_logprobs
 from .config import Config, save_yaml
 from .metrics import edit_distance_ratio, self_correction_metrics
 from .optim import adamw, autocast, fp32_master_weights, lr_factor
+from .precision import fp32_logits, match_master_precision
 from .parallel import Replicated, generation_view
 from .progress import progress
 from .engines import SEEDED, UNSEEDED, make_engine
@@ -112,9 +113,13 @@ class Trainer:
         from peft import PeftModel
 
         # derived from the model itself: a caller may pass a peft model built elsewhere. Made
-        # before the upcast below, so a full-weight reference stays in the dtype it was given.
+        # before the upcast below, so a full-weight reference keeps its Linear weights in the
+        # dtype it was given, and computes as the policy does (match_master_precision).
         self.reference = models.Reference(self.model, uses_lora=isinstance(self.model, PeftModel))
         self.compute_dtype = fp32_master_weights(self.model)  # None: plain fp32 compute
+        if self.compute_dtype is not None and self.reference.model is not None:
+            match_master_precision(self.reference.model)
+        self.fp32_logits = cfg.model.fp32_logits and self.compute_dtype is not None
         self.fmt = ChatFormat(tokenizer, self.model)
         self.engine = make_engine(cfg.rollout.engine, self.model)
         self.checkpoint = cfg.optim.gradient_checkpointing  # after the reference copy: it never trains
@@ -127,7 +132,7 @@ class Trainer:
         if self.replicated.strategy == "fsdp":
             from .fsdp import shard_reference
 
-            shard_reference(self.reference)
+            shard_reference(self.reference, self.compute_dtype)
         self.optimizer = adamw(self.model, cfg.optim.lr, cfg.optim.weight_decay)
         warm = cfg.optim.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, 0, warm))
@@ -277,7 +282,7 @@ class Trainer:
         self.model.eval()
         with timer("rollout"), autocast(self.device, self.compute_dtype, self.model):
             given = self._base_first_attempts(problems, sampling) if cfg.algo.turn1 == "base" else None
-            with self.replicated.generation() as policy:
+            with self.replicated.generation() as policy, fp32_logits(policy, self.fp32_logits):
                 ro = rollout(policy, self.tok, self.task, problems, n_attempts=n_att, samples_per_problem=k,
                              settings=sampling, batch_size=cfg.rollout.batch_size, fmt=self.fmt,
                              first_attempts=given, row_seeds=seeds, engine=self.engine)
@@ -392,11 +397,13 @@ class Trainer:
 
     def logprobs(self, model, ids, mask, first, starts=None, scored=None) -> torch.Tensor:
         """Log-probs of the sampled tokens under `model` at the rollout temperature, in the
-        autocast dtype when the weights are fp32 masters of a half-precision model. With `starts`
+        autocast dtype when the weights are fp32 masters of a half-precision model (the output
+        layer in fp32 unless --model.fp32_logits false: precision.py). With `starts`
         (each row's prompt length) and prompt sharing on, each distinct prompt is run once.
         scored [b, T - first] bool: the only tokens that get logits (the rest read 0)."""
         temperature = self.cfg.rollout.temperature
-        with autocast(self.device, self.compute_dtype, self.model), models.checkpointing(model, self.checkpoint):
+        with autocast(self.device, self.compute_dtype, self.model), fp32_logits(model, self.fp32_logits), \
+                models.checkpointing(model, self.checkpoint):
             if starts is not None and self.share_prompts:
                 return shared_prompt_logprobs(model, ids, mask, starts, first, temperature=temperature, scored=scored)
             return token_logprobs(model, ids, mask, first, temperature=temperature, scored=scored)

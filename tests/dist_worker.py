@@ -59,9 +59,9 @@ def dist_config(out: Path, **changes) -> Config:
     return cfg
 
 
-def make_trainer(cfg: Config, lora: bool = False) -> Trainer:
+def make_trainer(cfg: Config, lora: bool = False, dtype: torch.dtype = torch.float32) -> Trainer:
     tok = tiny_tokenizer()
-    model = tiny_model(tok, seed=0)
+    model = tiny_model(tok, seed=0).to(dtype)
     if lora:
         from peft import LoraConfig, get_peft_model
 
@@ -153,6 +153,15 @@ def scenario_fsdp(out: Path) -> dict:
     again = make_trainer(dist_config(out / "run", **{"distributed.strategy": "fsdp", "run.resume": True}))
     tail = again.train()
     return {"history": history, "weights": weights, "tail": tail}
+
+
+def scenario_fsdp_bf16(out: Path) -> dict:
+    """FSDP on a bf16 model: fp32 masters sharded, and a reference whose embeddings and norms
+    are fp32 beside bf16 Linear weights (precision.match_master_precision), sharded too."""
+    cfg = dist_config(out / "run", **{"distributed.strategy": "fsdp", "algo.stage2_steps": 0})
+    trainer = make_trainer(cfg, dtype=torch.bfloat16)
+    dtypes = sorted({str(p.dtype) for p in trainer.reference.model.parameters()})
+    return {"history": trainer.train(), "reference_dtypes": dtypes}
 
 
 def main() -> None:

@@ -146,3 +146,13 @@ def test_update_speed_tiny():
     assert result["distinct_prompts"] == 2
     assert result["full_tokens"] > result["shared_tokens"] > result["scored_tokens"]  # 3 samples share each prompt
     assert result["max_loss_gap"] < 1e-4  # the three ways compute the same loss
+
+
+def test_logprob_precision_tiny():
+    result = run_script("logprob_precision.py", "--model", "tiny", "--train-steps", "1", "--repeats", "1",
+                        "--problems", "2", "--samples", "2", "--max-new-tokens", "4")
+    assert set(result["ways"]) == {"fp32", "bf16+fp32", "bf16"}
+    assert result["ways"]["fp32"]["log_ratio_err_rms"] == 0.0  # fp32 against itself
+    assert result["ways"]["bf16"]["logp_err_rms"] > 0
+    assert all(positive(v) for v in result["seconds"].values())
+    assert positive(result["fp32_logits_cost"]) and positive(result["rollout_fp32_logits_cost"])

@@ -143,6 +143,15 @@ def test_fsdp_full_shard_matches_one_process_and_resumes(tmp_path):
     assert_close_params({n: p for n, p in final.named_parameters()}, trainable(one.model))
 
 
+def test_fsdp_trains_a_bf16_model_from_kl_zero(tmp_path):
+    run_worker("fsdp_bf16", tmp_path / "bf16")
+    r0, r1 = load_ranks(tmp_path / "bf16")
+    assert r0["reference_dtypes"] == ["torch.bfloat16", "torch.float32"]  # mixed, and FSDP gathers it
+    assert r0["history"] == r1["history"]
+    first = r0["history"][0]
+    assert first["kl_t1"] == 0.0 and first["kl_t2"] == 0.0 and first["loss"] == first["loss"]
+
+
 def test_cli_eval_under_torchrun_equals_one_process(tmp_path, saved_tiny):
     from selfcorrect.cli import main
 

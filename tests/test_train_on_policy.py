@@ -75,7 +75,8 @@ def test_full_weight_bf16_training_moves_every_parameter_with_a_gradient(tmp_pat
     trainer = Trainer(cfg, EchoTask(5, answer=VARIED), model=model, tokenizer=tok)
     assert trainer.compute_dtype == torch.bfloat16
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
-    assert next(trainer.reference.model.parameters()).dtype == torch.bfloat16  # the reference stays small
+    ref = trainer.reference.model  # stays small: its Linear weights in bf16 (precision.match_master_precision)
+    assert ref.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     grads = {}
     step = trainer._optimizer_step

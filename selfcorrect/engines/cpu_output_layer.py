@@ -46,10 +46,15 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return out.view(*x.shape[:-1], weight.shape[0])
 
 
+def onednn_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
 def _eligible_head(model):
     """The output nn.Linear when it is plain fp32 on a CPU and nothing has replaced its forward
-    (accelerate's hooks do), with oneDNN available; else None."""
-    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+    (accelerate's hooks, or precision.fp32_logits, which uses oneDNN itself), with oneDNN
+    available; else None."""
+    if not onednn_available():
         return None
     get = getattr(model, "get_output_embeddings", None)
     head = get() if get is not None else None

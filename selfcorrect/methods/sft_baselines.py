@@ -24,6 +24,7 @@ import torch
 from .. import models
 from ..config import Config
 from ..optim import autocast, fp32_master_weights
+from ..precision import fp32_logits
 from ..rollout import ChatFormat, rollout, verify
 from ..sft import sft_train
 from ..train import sampling_settings, take_problems
@@ -52,6 +53,7 @@ class SftRun:
         self.cfg, self.task, self.model, self.tok, self.problems = cfg, task, model, tokenizer, problems
         self.device = next(model.parameters()).device
         self.compute_dtype = fp32_master_weights(model)
+        self.fp32_logits = cfg.model.fp32_logits and self.compute_dtype is not None  # as SCoRe's trainer
         self.fmt = ChatFormat(tokenizer, model)
         self.run_dir = Path(cfg.run.output_dir)
         self.log = open(self.run_dir / "metrics.jsonl", "a")
@@ -64,7 +66,7 @@ class SftRun:
         problems, self.position = take_problems(self.problems, cfg.run.seed, self.position, n_problems)
         settings = sampling_settings(cfg)
         self.model.eval()
-        with torch.no_grad(), autocast(self.device, self.compute_dtype):
+        with torch.no_grad(), autocast(self.device, self.compute_dtype), fp32_logits(self.model, self.fp32_logits):
             ro = rollout(self.model, self.tok, self.task, problems, n_attempts=2,
                          samples_per_problem=cfg.rollout.samples_per_problem, settings=settings,
                          batch_size=cfg.rollout.batch_size, fmt=self.fmt)
@@ -77,7 +79,7 @@ class SftRun:
         if not rows.sequences or steps < 1:
             return
         s = self.cfg.sft
-        with autocast(self.device, self.compute_dtype):
+        with autocast(self.device, self.compute_dtype), fp32_logits(self.model, self.fp32_logits):
             losses = sft_train(self.model, rows.sequences, rows.masks, lr=s.lr, steps=steps,
                                batch_size=s.batch_size, micro_batch_size=s.micro_batch_size,
                                pad_id=self.tok.pad_token_id, seed=self.cfg.run.seed + round_,
