@@ -24,6 +24,8 @@ with a filler system message.
    not the prompt or the instruction between). Trained tokens = the real (unpadded) tokens of
    the step's episode rows [x, y1, p, y2] (the row glue p is counted as the full instruction:
    a random model never ends an attempt with a stop token); scored tokens = both attempts.
+   The output layer runs in fp32 (TF32 on CUDA) by default (--model.fp32_logits, precision.py):
+   --fp32-logits false measures the update with it in bf16 too.
    6 x is the usual forward + backward estimate (attention scores not counted); the frozen
    reference's forward (2 x more) runs inside the timed update but is not in the 6, so
    `mfu_with_reference` (8 x) is reported too. Peak FLOP/s come from PEAK_BF16_FLOPS by GPU
@@ -89,6 +91,7 @@ def sync(device: torch.device) -> None:
 def trainer_config(args, device: torch.device, out: Path) -> Config:
     cfg = Config()
     cfg.model.device, cfg.model.lora = str(device), False
+    cfg.model.fp32_logits = args.fp32_logits == "true"
     r = cfg.rollout
     r.samples_per_problem, r.max_new_tokens, r.batch_size = args.samples, args.max_new_tokens, args.batch
     r.temperature = 1.0  # the paper's training temperature
@@ -141,7 +144,7 @@ def measure_update(model, tok, task, args, device: torch.device, flops: float | 
     work = body * tokens + head * scored  # multiply-adds per forward
     result = {"step_seconds": round(wall, 3), "rollout_seconds": round(m["time_rollout"], 3),
               "update_seconds": round(update, 3), "trained_tokens": tokens, "scored_tokens": scored,
-              "rows": len(problems) * args.samples,
+              "rows": len(problems) * args.samples, "fp32_logits": cfg.model.fp32_logits,
               "micro_batch": args.micro_batch, "len_t1": m["len_t1"], "len_t2": m["len_t2"],
               "gen_tokens_per_s": round(m["gen_tokens_per_s"], 1), "peak_flops": flops,
               "mfu": None, "mfu_with_reference": None, "peak_memory_gib": gib(device),
@@ -167,6 +170,9 @@ def parse_args():
     parser.add_argument("--repeats", type=int, default=1, help="timed rollouts per engine")
     parser.add_argument("--peak-flops", type=float, default=None, help="peak FLOP/s (default: by GPU name)")
     parser.add_argument("--skip-update", action="store_true", help="rollout part only")
+    parser.add_argument("--fp32-logits", choices=("true", "false"), default="true",
+                        help="the update's output layer in fp32 (TF32 on CUDA), the trainer's default; "
+                             "false: bf16 like the rest (precision.py)")
     parser.add_argument("--out", type=Path, default=Path("runs/gpu_bench.json"))
     args = parser.parse_args()
     for key, value in (TINY if args.tiny else FULL).items():
