@@ -35,7 +35,36 @@ def test_under_autocast_the_logits_are_the_fp32_product_of_the_output_layer(tok)
     want = F.linear(hidden.float(), model.lm_head.weight)
     assert torch.equal(got, want)
     assert (got - plain.float()).abs().max() > 0  # the rounding it removes is there to remove
-    assert "forward" not in vars(model.lm_head)  # restored
+    assert type(model.lm_head) is torch.nn.Linear and not hasattr(model.lm_head, "fp32_weight")  # restored
+
+
+def test_the_backward_runs_in_the_autocast_dtype_as_autocast_would():
+    """Only the logits are made exact: the gradients are those of autocast's bf16 product."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 16, requires_grad=True)
+    head = torch.nn.Linear(16, 10, bias=True)
+    upstream = torch.randn(6, 10)
+
+    def grads(switch: bool):
+        x.grad = None
+        head.zero_grad()
+        holder = torch.nn.Module()
+        holder.get_output_embeddings = lambda: head
+        with torch.autocast("cpu", dtype=torch.bfloat16), fp32_logits(holder, enabled=switch):
+            y = head(x)
+        (y.float() * upstream).sum().backward()
+        return y, x.grad.clone(), head.weight.grad.clone(), head.bias.grad.clone()
+
+    y32, *exact_logits = grads(True)
+    y16, *plain = grads(False)
+    assert y32.dtype == torch.float32 and torch.equal(y32, F.linear(x, head.weight, head.bias))
+    for got, want in zip(exact_logits[:2], plain[:2]):  # the input's and the weight's
+        assert torch.equal(got, want)  # the same bf16 products (an fp32 backward differs in the 3rd digit)
+    assert exact_logits[0].dtype == torch.float32 and exact_logits[1].dtype == torch.float32
+    x.grad = None
+    head.zero_grad()
+    (F.linear(x, head.weight, head.bias) * upstream).sum().backward()
+    assert torch.equal(exact_logits[2], head.bias.grad)  # a sum, not a product: from the fp32 gradient
 
 
 def test_without_autocast_nothing_changes(tok):
@@ -56,16 +85,19 @@ def test_gradients_reach_a_trainable_tied_output_layer(tok):
     assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0
 
 
-def test_a_frozen_half_weight_is_copied_once_and_again_after_it_changes():
+def test_a_frozen_half_weight_is_copied_once_and_again_after_it_changes(tok):
     w = torch.randn(7, 5).bfloat16()
     first = as_fp32(w)
     assert first.dtype == torch.float32 and torch.equal(first, w.float())
     assert as_fp32(w) is first  # kept, not cast on every call (a decode step would pay for it)
     w.mul_(2)
     assert torch.equal(as_fp32(w), w.float())
-    trainable = torch.randn(3, 2, dtype=torch.bfloat16, requires_grad=True)
-    as_fp32(trainable).sum().backward()  # a trainable half weight is cast differentiably
-    assert trainable.grad is not None
+    model = tiny_model(tok).to(torch.bfloat16)  # a LoRA base in bf16: its output layer never trains
+    model.requires_grad_(False)
+    with torch.autocast("cpu", dtype=torch.bfloat16), fp32_logits(model):
+        hidden = last_hidden(model, IDS)
+        got = model(input_ids=IDS).logits
+    assert torch.equal(got, F.linear(hidden.float(), model.lm_head.weight.float()))
 
 
 def test_other_output_layers_are_left_alone(tok):
@@ -73,14 +105,17 @@ def test_other_output_layers_are_left_alone(tok):
 
     adapted = get_peft_model(tiny_model(tok), LoraConfig(r=2, target_modules=["lm_head", "q_proj"]))
     head = adapted.get_output_embeddings()
+    kind = type(head)
     with fp32_logits(adapted):  # peft's layer is not a plain nn.Linear: its adapter would be skipped
-        assert "forward" not in vars(head)
+        assert type(head) is kind
     model = tiny_model(tok)
     with onednn_output_layer(model), fp32_logits(model):  # something replaced its forward already
-        assert model.lm_head.forward.__name__ == "forward" and "forward" in vars(model.lm_head)
-    assert "forward" not in vars(model.lm_head)
+        assert type(model.lm_head) is torch.nn.Linear
     with fp32_logits(model, enabled=False):
-        assert "forward" not in vars(model.lm_head)
+        assert type(model.lm_head) is torch.nn.Linear
+    with fp32_logits(model), fp32_logits(model):  # nested: the inner block leaves it to the outer
+        assert type(model.lm_head) is not torch.nn.Linear
+    assert type(model.lm_head) is torch.nn.Linear
 
 
 def large_logits_model(tok):
@@ -128,7 +163,7 @@ def test_bf16_training_samples_from_fp32_logits(tmp_path, tok, monkeypatch):
     real = train_module.rollout
 
     def spy(policy, *args, **kwargs):
-        seen.append("forward" in vars(policy.get_output_embeddings()))
+        seen.append(type(policy.get_output_embeddings()) is not torch.nn.Linear)
         return real(policy, *args, **kwargs)
 
     monkeypatch.setattr(train_module, "rollout", spy)
