@@ -10,12 +10,14 @@ draws one rollout. On its rows the policy's and the reference's log-probs of eve
 token are computed three ways:
 - fp32:      fp32 copies of both models, no autocast (the values bf16 approximates);
 - bf16+fp32: bf16 autocast, the output layer in fp32 (the trainer's default, precision.py);
-- bf16:      bf16 autocast throughout (--model.fp32_logits false).
+- bf16:      bf16 autocast throughout (--model.fp32_logits false);
+- bf16>fp32: bf16 autocast, the output layer's operands in bf16 and its result in fp32: what the
+             fp32-logits switch computes on CUDA (torch.mm with out_dtype), emulated here.
 Printed per way: the error of the policy's log-probs and of the per-token log-ratio
 log π − log π_ref against fp32's, the correlation of those log-ratios with fp32's, and the mean
 KL estimates over attempt tokens (k3, which train logs as kl_t*; k2, the loss's default term)
-beside fp32's. Then the seconds of one policy log-prob pass without gradients for each bf16
-way, alternating, median of --repeats (fp32's too, for scale), and the milliseconds per
+beside fp32's. Then the seconds of one policy log-prob pass without gradients for fp32,
+bf16+fp32 and bf16, alternating, median of --repeats, and the milliseconds per
 generated token of one rollout of the same problems per bf16 way (same seed), alternating.
 
 The last line printed is one JSON object with every figure and the settings.
@@ -35,12 +37,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rollout_speed import save_tiny  # noqa: E402
 from vs_trl import add_step_arguments, our_config, parse_step_arguments, sync  # noqa: E402
 
-from selfcorrect import models  # noqa: E402
+from selfcorrect import models, precision  # noqa: E402
 from selfcorrect.losses import kl_value  # noqa: E402
 from selfcorrect.optim import autocast  # noqa: E402
 from selfcorrect.precision import fp32_logits  # noqa: E402
@@ -49,7 +52,14 @@ from selfcorrect.shared_prompt import first_scored  # noqa: E402
 from selfcorrect.tasks import build_task  # noqa: E402
 from selfcorrect.train import Trainer, sampling_settings  # noqa: E402
 
-WAYS = ("fp32", "bf16+fp32", "bf16")
+WAYS = ("fp32", "bf16+fp32", "bf16")  # timed too
+CUDA_WAY = "bf16>fp32"  # precision only: CUDA's product (bf16 operands, fp32 result) emulated
+
+
+def cuda_like_product(hidden, weight, bias, half, exact_weight=None):
+    """What precision.exact_product computes on CUDA (torch.mm with out_dtype=float32): the
+    operands rounded to the half dtype, the products and the result in fp32."""
+    return F.linear(hidden.to(half).float(), weight.to(half).float(), bias)
 
 
 class Batch(SimpleNamespace):
@@ -87,7 +97,10 @@ def log_probs(trainer: Trainer, way: str, b: Batch, exact) -> tuple[torch.Tensor
     dtype, switch = trainer.compute_dtype, trainer.fp32_logits
     policy, reference = exact if way == "fp32" else (trainer.model, trainer.reference)
     trainer.compute_dtype = None if way == "fp32" else dtype
-    trainer.fp32_logits = way == "bf16+fp32"
+    trainer.fp32_logits = way in ("bf16+fp32", CUDA_WAY)
+    product = precision.exact_product
+    if way == CUDA_WAY:
+        precision.exact_product = cuda_like_product
     try:
         with torch.no_grad():
             logp = trainer.logprobs(policy, b.ids, b.mask, b.first, b.starts, scored=b.scored)
@@ -95,6 +108,7 @@ def log_probs(trainer: Trainer, way: str, b: Batch, exact) -> tuple[torch.Tensor
                 ref = trainer.logprobs(ref_model, b.ids, b.mask, b.first, b.starts, scored=b.scored)
     finally:
         trainer.compute_dtype, trainer.fp32_logits = dtype, switch
+        precision.exact_product = product
     return logp, ref
 
 
@@ -169,21 +183,21 @@ def main() -> None:
         raise SystemExit("the model did not train under bf16 autocast")
     steps = [trainer.step(1) for _ in range(args.train_steps)]
     for i, m in enumerate(steps, 1):
-        print(f"training step {i}: loss {m['loss']:.4f}, kl_t1 {m['kl_t1']:.2e}, kl_t2 {m['kl_t2']:.2e}", flush=True)
+        print(f"training step {i}: loss {m['loss']:.4f}, grad norm {m['grad_norm']:.3g}, reward_t2 "
+              f"{m['reward_t2']:.3f}, kl_t1 {m['kl_t1']:.2e}, kl_t2 {m['kl_t2']:.2e}", flush=True)
     torch.manual_seed(args.seed + 1)
     ro = rollout(trainer.model, trainer.tok, trainer.task, trainer.next_problems(), n_attempts=2,
                  samples_per_problem=args.samples, settings=sampling_settings(cfg), batch_size=cfg.rollout.batch_size,
                  fmt=trainer.fmt, engine=trainer.engine)
     b = batch_of(trainer, ro)
     exact = fp32_models(trainer)
-    values = {way: log_probs(trainer, way, b, exact) for way in WAYS}
-    figures = {way: compare(values[way], values["fp32"], b.scored) for way in WAYS}
+    values = {way: log_probs(trainer, way, b, exact) for way in (*WAYS, CUDA_WAY)}
+    figures = {way: compare(values[way], values["fp32"], b.scored) for way in values}
     n_tokens = int(b.scored.sum())
     print(f"model {args.model}, {'LoRA' if args.lora else 'full weights'}, {len(ro.rows)} rows, {n_tokens} attempt "
           f"tokens, torch threads {torch.get_num_threads()}")
     print(f"{'way':10} {'logp err':>9} {'ratio err':>9} {'corr':>6} {'KL k3':>9} {'KL k2':>9}")
-    for way in WAYS:
-        f = figures[way]
+    for way, f in figures.items():
         print(f"{way:10} {f['logp_err_rms']:9.4f} {f['log_ratio_err_rms']:9.4f} {f['log_ratio_corr']:6.3f} "
               f"{f['kl_k3']:9.2e} {f['kl_k2']:9.2e}")
 
@@ -215,7 +229,7 @@ def main() -> None:
                       "fp32_logits_cost": round(cost, 4), "attempt_tokens": n_tokens,
                       "rollout_ms_per_token": {w: round(ms[w], 3) for w in ms},
                       "rollout_tokens": tokens, "rollout_fp32_logits_cost": round(rollout_cost, 4),
-                      "training_steps": [{k: m[k] for k in ("loss", "kl_t1", "kl_t2")} for m in steps],
+                      "training_steps": [{k: m[k] for k in ("loss", "grad_norm", "reward_t2", "kl_t1", "kl_t2")} for m in steps],
                       "settings": {"model": args.model, "lora": args.lora, "device": args.device, "lr": cfg.optim.lr,
                                    "problems": args.problems, "samples": args.samples,
                                    "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,

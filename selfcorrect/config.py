@@ -33,8 +33,8 @@ class ModelConfig:
     device: str = opt("auto", "'auto' (CUDA if available, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
     dtype: str = opt("auto", "'auto' (bf16 on GPU, fp32 on CPU), 'float32', 'bfloat16', 'float16'")
     fp32_logits: bool = opt(True, "under bf16/fp16 compute, run the output layer in fp32 for training's "
-                            "sampling and log-probs: bf16-rounded logits inflate small KLs (3.2x against 2.0x "
-                            "on SmolLM2 LoRA, docs/PERFORMANCE.md) at little cost; no effect in fp32")
+                            "sampling and log-probs: bf16-rounded logits add error of the size of small KLs "
+                            "(docs/PERFORMANCE.md); little cost; no effect in fp32")
     lora: bool = opt(False, "train a LoRA adapter (peft) instead of all weights; the reference is "
                      "then the base with the adapter disabled, no second copy")
     lora_r: int = opt(16, "LoRA rank")

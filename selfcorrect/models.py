@@ -72,7 +72,7 @@ def cpu_bf16_hint(device: torch.device, dtype: torch.dtype) -> str | None:
         return None
     return ("hint: this CPU multiplies bf16 natively (2-3x fp32's rate); --model.dtype bfloat16 "
             "(fp32 master weights under bf16 autocast) trains faster, with less precise log-probs "
-            "(small KLs read 2x too high or more); see docs/PERFORMANCE.md")
+            "(small KLs are mostly rounding in bf16); see docs/PERFORMANCE.md")
 
 
 def smollm2_folder() -> Path:

@@ -119,6 +119,12 @@ class Trainer:
         self.compute_dtype = fp32_master_weights(self.model)  # None: plain fp32 compute
         if self.compute_dtype is not None and self.reference.model is not None:
             match_master_precision(self.reference.model)
+            if cfg.algo.turn1 == "base" and cfg.rollout.engine == "paged":
+                # the reference's fp32 residual stream makes fp32 keys (after RoPE) and bf16 values
+                # under autocast; transformers' paged cache holds one dtype for both
+                raise ValueError("algo.turn1=base samples attempt 1 from a full-weight bf16/fp16 reference, which "
+                                 "the paged engine cannot run (its cache takes one dtype); use --rollout.engine "
+                                 "cached or hf, or LoRA (--model.lora true)")
         self.fp32_logits = cfg.model.fp32_logits and self.compute_dtype is not None
         self.fmt = ChatFormat(tokenizer, self.model)
         self.engine = make_engine(cfg.rollout.engine, self.model)

@@ -151,7 +151,7 @@ def test_update_speed_tiny():
 def test_logprob_precision_tiny():
     result = run_script("logprob_precision.py", "--model", "tiny", "--train-steps", "1", "--repeats", "1",
                         "--problems", "2", "--samples", "2", "--max-new-tokens", "4")
-    assert set(result["ways"]) == {"fp32", "bf16+fp32", "bf16"}
+    assert set(result["ways"]) == {"fp32", "bf16+fp32", "bf16", "bf16>fp32"}
     assert result["ways"]["fp32"]["log_ratio_err_rms"] == 0.0  # fp32 against itself
     assert result["ways"]["bf16"]["logp_err_rms"] > 0
     assert all(positive(v) for v in result["seconds"].values())
