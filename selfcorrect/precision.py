@@ -109,10 +109,11 @@ class Fp32Product(torch.autograd.Function):
         return grad_hidden, grad_weight, grad_bias, None, None
 
 
-def exact_product(hidden, weight, bias, half: torch.dtype, exact_weight=None) -> torch.Tensor:
+def exact_product(hidden, weight, bias, half: torch.dtype, exact_weight=None, kind: str | None = None) -> torch.Tensor:
     """fp32 logits [..., V]: on CUDA the half-precision product with an fp32 result (or fp32 with
-    TF32 where torch lacks it), elsewhere an fp32 product."""
-    if hidden.device.type == "cuda":
+    TF32 where torch lacks it), elsewhere an fp32 product. kind: the device type (default
+    hidden's; a test takes the CUDA branch's fallback on a CPU)."""
+    if (kind or hidden.device.type) == "cuda":
         if not _MM_OUT_DTYPE or _MM_OUT_DTYPE[0]:
             flat = hidden.reshape(-1, hidden.shape[-1]).to(half)
             try:

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from selfcorrect.engines.cpu_output_layer import onednn_output_layer
-from selfcorrect.precision import as_fp32, fp32_logits, match_master_precision
+from selfcorrect import precision
+from selfcorrect.precision import as_fp32, exact_product, fp32_logits, match_master_precision
 from selfcorrect.train import Trainer
 from test_train import VARIED, tiny_config
 from tiny import EchoTask, tiny_model, tiny_tokenizer
@@ -206,3 +207,17 @@ def test_a_bf16_full_weight_run_starts_at_kl_zero(tmp_path, tok, tie):
     trainer = Trainer(cfg, EchoTask(5, answer=VARIED), model=model.to(torch.bfloat16), tokenizer=tok)
     first = trainer.train()[0]
     assert first["kl_t1"] == 0.0 and first["kl_t2"] == 0.0
+
+
+def test_the_cuda_branch_falls_back_to_an_fp32_product_where_torch_lacks_out_dtype(monkeypatch):
+    """On a CPU build torch.mm has no out_dtype kernel: the CUDA branch must notice once, fall
+    back to the fp32 product (TF32 allowed for it alone) and leave torch's flags as they were."""
+    monkeypatch.setattr(precision, "_MM_OUT_DTYPE", [])
+    matmul = torch.backends.cuda.matmul
+    name = "fp32_precision" if hasattr(matmul, "fp32_precision") else "allow_tf32"
+    before = getattr(matmul, name)
+    hidden, weight, bias = torch.randn(2, 3, 8), torch.randn(5, 8).bfloat16(), torch.randn(5)
+    got = exact_product(hidden, weight, bias, torch.bfloat16, kind="cuda")
+    assert precision._MM_OUT_DTYPE == [False] and getattr(matmul, name) == before
+    assert got.shape == (2, 3, 5) and got.dtype == torch.float32
+    torch.testing.assert_close(got, F.linear(hidden, weight.float(), bias))
