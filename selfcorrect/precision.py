@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .engines.cpu_output_layer import onednn_available, onednn_linear
+from .engines.cpu_output_layer import onednn_available, onednn_linear, plain_output_layer
 
 # frozen half-precision weight -> (its state when copied, the fp32 copy)
 _FP32_COPIES = WeakIdKeyDictionary()  # by identity: tensors compare element-wise
@@ -47,7 +47,7 @@ HALF = (torch.bfloat16, torch.float16)
 @contextlib.contextmanager
 def fp32_logits(model, enabled: bool = True):
     """Within the block, `model`'s output layer computes fp32 logits whenever autocast is on."""
-    head = _plain_output_layer(model) if enabled else None
+    head = plain_output_layer(getattr(model, "module", model)) if enabled else None  # DDP wraps its model
     if head is None:
         yield
         return
@@ -75,11 +75,7 @@ class Fp32OutputLayer(torch.nn.Linear):
         if not torch.is_autocast_enabled(kind):
             return super().forward(hidden)
         bias = None if self.bias is None else self.bias.float()
-        half = torch.get_autocast_dtype(kind)
-        if not torch.is_grad_enabled():
-            with torch.autocast(kind, enabled=False):
-                return exact_product(hidden, self.weight, bias, half, self.exact_weight)
-        return Fp32Product.apply(hidden, self.weight, bias, half, self.exact_weight)
+        return Fp32Product.apply(hidden, self.weight, bias, torch.get_autocast_dtype(kind), self.exact_weight)
 
 
 class Fp32Product(torch.autograd.Function):
@@ -168,18 +164,6 @@ def as_fp32(weight: torch.Tensor) -> torch.Tensor:
             kept = (state, weight.detach().float())
         _FP32_COPIES[weight] = kept
     return kept[1]
-
-
-def _plain_output_layer(model):
-    """The output nn.Linear of a Hugging Face model (under DDP / peft wrappers), or None where
-    it is something else (a subclass, or switched already) or something replaced its forward
-    (accelerate's hooks, engines.cpu_output_layer)."""
-    inner = getattr(model, "module", model)
-    get = getattr(inner, "get_output_embeddings", None)
-    head = get() if get is not None else None
-    if type(head) is not torch.nn.Linear or "forward" in vars(head):
-        return None
-    return head
 
 
 @contextlib.contextmanager

@@ -50,15 +50,25 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def _eligible_head(model):
-    """The output nn.Linear when it is plain fp32 on a CPU and nothing has replaced its forward
-    (accelerate's hooks, or precision.fp32_logits, which uses oneDNN itself), with oneDNN
-    available; else None."""
-    if not onednn_available():
-        return None
+def plain_output_layer(model):
+    """`model`'s output layer when it is a plain nn.Linear whose forward nothing has replaced,
+    else None: not a subclass (peft's adapted layers; precision.fp32_logits' switch) and no
+    instance-level forward (accelerate's hooks, onednn_output_layer)."""
     get = getattr(model, "get_output_embeddings", None)
     head = get() if get is not None else None
     if type(head) is not torch.nn.Linear or "forward" in vars(head):
+        return None
+    return head
+
+
+def _eligible_head(model):
+    """The plain output nn.Linear (plain_output_layer) when it is fp32 on a CPU, with oneDNN
+    available; else None. Under precision.fp32_logits it is not plain: that switch uses oneDNN
+    itself."""
+    if not onednn_available():
+        return None
+    head = plain_output_layer(model)
+    if head is None:
         return None
     weights = [head.weight] + ([head.bias] if head.bias is not None else [])
     if any(type(w.data) is not torch.Tensor or w.device.type != "cpu" or w.dtype != torch.float32 for w in weights):
