@@ -41,6 +41,14 @@ Settings made equal on purpose (TRL's defaults differ; checked against trl 1.16)
 - host memory: on a CPU our Trainer sets glibc's malloc to keep freed memory
   (selfcorrect/host_memory.py); the setting is process-wide, so TRL's steps here run with it too.
 
+Lengths: at T = 1 an attempt ends where the model samples its end of turn, so each side's step
+time depends on how long its samples happen to run (on one day 29 tokens per attempt ours, 15
+TRL's), which moves the ratio between runs more than any code change. `--fixed-length` takes that
+lottery out: every attempt on both sides runs to --max-new-tokens (ours: the rollout ignores stop
+tokens; TRL: generation_kwargs min_new_tokens, which masks its stop tokens until then), so both
+sides do a known amount of work: the ratio of the code at equal lengths, not of a sampling
+distribution. The samples are then nonsense past the answer, which changes no step's cost.
+
 The last line printed is one JSON object: ours_attempts_per_s, trl_attempts_per_s, ratio
 (ours / TRL) and the settings. Runs offline (HF_HUB_OFFLINE is set).
 """
@@ -171,6 +179,7 @@ def trl_config(args, cfg, out: Path):
         learning_rate=cfg.optim.lr, lr_scheduler_type="constant", warmup_steps=0, optim="adamw_torch",
         weight_decay=cfg.optim.weight_decay, max_grad_norm=cfg.optim.max_grad_norm,
         shuffle_dataset=False, use_cpu=args.device == "cpu", dataloader_num_workers=0,
+        generation_kwargs={"min_new_tokens": args.max_new_tokens} if args.fixed_length else None,
         report_to="none", logging_strategy="no", save_strategy="no", disable_tqdm=True, log_completions=False)
 
 
@@ -215,6 +224,24 @@ def interleaving_callback(ours_timed, device: str, steps: int):
     return Interleave()
 
 
+def time_trl_generation(trainer, device: str, seconds: list[float]) -> None:
+    """Append the wall time of each of TRL's generation calls to `seconds` (its sampling alone, to set
+    beside our rollout phase). Wraps a private method of TRL 1.16; a TRL without it is left alone."""
+    inner = getattr(trainer, "_generate_single_turn", None)
+    if inner is None:
+        return
+
+    def timed(*args, **kwargs):
+        sync(device)
+        start = time.perf_counter()
+        out = inner(*args, **kwargs)
+        sync(device)
+        seconds.append(time.perf_counter() - start)
+        return out
+
+    trainer._generate_single_turn = timed
+
+
 def trl_effective(trainer) -> dict:
     """What the GRPOTrainer actually runs with (read back, so the report shows the settings took)."""
     a = trainer.args
@@ -245,6 +272,9 @@ def main() -> None:
     parser.add_argument("--full-rows", action="store_true",
                         help="our update runs every row in full (optim.share_prompt false) instead of each "
                              "problem's prompt once for its k samples")
+    parser.add_argument("--fixed-length", action="store_true",
+                        help="every attempt on both sides runs to --max-new-tokens (stop tokens ignored), so "
+                             "the two sides generate and train on equal lengths (see the module doc)")
     args = parse_step_arguments(parser)
 
     import trl
@@ -255,10 +285,12 @@ def main() -> None:
     task = build_task(cfg.task.name, cfg.task.options)
     print(f"model {args.model}, {'LoRA' if args.lora else 'full weights'}, {args.dtype}, {args.device}, "
           f"{args.problems} problems x {args.samples} samples, <= {args.max_new_tokens} new tokens, "
-          f"T={args.temperature}, our engine {args.engine}, trl {trl.__version__}, torch {torch.__version__}, "
+          f"T={args.temperature}{', fixed lengths' if args.fixed_length else ''}, our engine {args.engine}, trl {trl.__version__}, torch {torch.__version__}, "
           f"torch threads {torch.get_num_threads()}", flush=True)
 
     ours = Trainer(cfg, task)
+    if args.fixed_length:
+        ours.fmt.stop_ids = frozenset()  # the rollout reads its stop tokens here: none, so every attempt runs full
     # TRL sees exactly the problems our trainer will take, step by step (warm-up included)
     problems, _ = take_problems(ours.problems, cfg.run.seed, 0, args.problems * (args.steps + 1))
     ours_seconds, ours_metrics = [], []
@@ -271,6 +303,8 @@ def main() -> None:
     trl_tokens: list[int] = []
     callback = interleaving_callback(ours_timed, args.device, args.steps)
     theirs = trl_trainer(args, cfg, task, problems, trl_tokens, callback, work / "trl")
+    trl_generation: list[float] = []
+    time_trl_generation(theirs, args.device, trl_generation)
     print(f"trl runs with {trl_effective(theirs)}", flush=True)
     our_step(ours, args.device, seed=OURS_SEED)  # our warm-up; TRL's is its first step inside train()
     theirs.train()
@@ -280,15 +314,22 @@ def main() -> None:
     result = {**side("ours", ours_seconds, rows * 2, ours_tokens),
               **side("trl", callback.seconds[1:], rows, trl_tokens[1:])}
     result["ratio"] = round(result["ours_attempts_per_s"] / result["trl_attempts_per_s"], 4)
+    if args.fixed_length and not (result["ours_gen_tokens_per_attempt"] == result["trl_gen_tokens_per_attempt"]
+                                  == args.max_new_tokens):
+        raise SystemExit(f"--fixed-length: attempts ran {result['ours_gen_tokens_per_attempt']} tokens ours, "
+                         f"{result['trl_gen_tokens_per_attempt']} TRL's, not {args.max_new_tokens} each")
     # attempt 2 (after the correction instruction) runs to other lengths than attempt 1
     result["ours_tokens_per_attempt_by_turn"] = [round(statistics.mean(m[f"len_t{a}"] for m in ours_metrics), 2)
                                                  for a in (1, 2)]
     result["ours_phase_seconds"] = {k[5:]: round(statistics.mean(m[k] for m in ours_metrics), 4)
                                     for k in ours_metrics[0] if k.startswith("time_")}
+    if len(trl_generation) == len(callback.seconds):  # one generation call per step (generation batch = step batch)
+        result["trl_generation_seconds"] = round(statistics.mean(trl_generation[1:]), 4)
     result["settings"] = {"model": args.model, "lora": args.lora, "dtype": args.dtype, "device": args.device,
                           "engine": args.engine, "problems": args.problems, "samples": args.samples,
                           "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
-                          "steps": args.steps, "micro_batch": cfg.optim.micro_batch_size,
+                          "steps": args.steps, "fixed_length": args.fixed_length,
+                          "micro_batch": cfg.optim.micro_batch_size,
                           "share_prompt": ours.share_prompts, "beta": cfg.algo.beta1,
                           "threads": torch.get_num_threads(), "trl": trl.__version__,
                           "trl_effective": trl_effective(theirs)}
@@ -296,10 +337,11 @@ def main() -> None:
           f"{result['ours_attempts_per_s']:.2f} attempts/s, {result['ours_gen_tokens_per_s']:.1f} gen tokens/s, "
           f"phases {result['ours_phase_seconds']}")
     print(f"trl:  {result['trl_seconds_per_step']:.2f} s/step, {rows} attempts/step, "
-          f"{result['trl_attempts_per_s']:.2f} attempts/s, {result['trl_gen_tokens_per_s']:.1f} gen tokens/s")
+          f"{result['trl_attempts_per_s']:.2f} attempts/s, {result['trl_gen_tokens_per_s']:.1f} gen tokens/s, "
+          f"generation {result.get('trl_generation_seconds', 'not timed')} s")
     print(f"ours / trl attempts per second: {result['ratio']:.2f}")
     mine, peer = result["ours_gen_tokens_per_attempt"], result["trl_gen_tokens_per_attempt"]
-    if max(mine, peer) > 1.25 * min(mine, peer):
+    if max(mine, peer) > 1.25 * min(mine, peer) and not args.fixed_length:
         # both sides sample one distribution from one model (benchmarks/trl_sampling_parity.py),
         # yet attempt 2 and a few steps of 16 samples at fixed seeds can run longer on one side
         print(f"note: the sampled attempts differ in length ({mine:.1f} tokens per attempt, by turn "

@@ -102,15 +102,20 @@ def test_gpu_check_script_dry_run(tmp_path):
 
 
 @needs_trl
-def test_vs_trl_tiny():
+@pytest.mark.parametrize("fixed", [False, True], ids=["sampled-lengths", "fixed-length"])
+def test_vs_trl_tiny(fixed):
     result = run_script("vs_trl.py", "--model", "tiny", "--problems", "2", "--samples", "2",
-                        "--max-new-tokens", "4", "--steps", "1")
+                        "--max-new-tokens", "4", "--steps", "1", *(["--fixed-length"] if fixed else []))
     for key in ("ours_attempts_per_s", "trl_attempts_per_s", "ratio", "ours_seconds_per_step",
                 "trl_seconds_per_step"):
         assert positive(result[key]), key
+    assert 0 < result["trl_generation_seconds"] < result["trl_seconds_per_step"]
     assert result["ours_attempts_per_step"] == 2 * result["trl_attempts_per_step"] == 2 * 4
     assert result["settings"]["beta"] > 0
     assert all(0 < n <= 4 for n in result["ours_tokens_per_attempt_by_turn"])
+    if fixed:
+        assert result["settings"]["fixed_length"] is True
+        assert result["ours_tokens_per_attempt_by_turn"] == [4, 4] and result["trl_gen_tokens_per_attempt"] == 4
 
 
 @needs_trl
