@@ -179,7 +179,7 @@ def trl_config(args, cfg, out: Path):
         learning_rate=cfg.optim.lr, lr_scheduler_type="constant", warmup_steps=0, optim="adamw_torch",
         weight_decay=cfg.optim.weight_decay, max_grad_norm=cfg.optim.max_grad_norm,
         shuffle_dataset=False, use_cpu=args.device == "cpu", dataloader_num_workers=0,
-        generation_kwargs={"min_new_tokens": args.max_new_tokens} if args.fixed_length else None,
+        generation_kwargs={"min_new_tokens": args.max_new_tokens} if getattr(args, "fixed_length", False) else None,
         report_to="none", logging_strategy="no", save_strategy="no", disable_tqdm=True, log_completions=False)
 
 
