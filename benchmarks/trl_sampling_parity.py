@@ -73,6 +73,7 @@ def main() -> None:
     # what vs_trl.py's builders read; one step's worth of problems
     args.lora, args.dtype, args.device, args.engine, args.micro_batch, args.full_rows, args.steps = (
         False, "float32", "cpu", "hf", 0, False, 0)
+    args.fixed_length = False  # the point here is where samples stop
     work = Path(tempfile.mkdtemp(prefix="trl-parity-"))
     name = vs_trl.models.SMOLLM2_NAME if args.model == "smollm2" else vs_trl.save_tiny(work / "tiny-model")
     cfg = vs_trl.our_config(args, name, work / "ours")

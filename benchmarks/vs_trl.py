@@ -179,7 +179,7 @@ def trl_config(args, cfg, out: Path):
         learning_rate=cfg.optim.lr, lr_scheduler_type="constant", warmup_steps=0, optim="adamw_torch",
         weight_decay=cfg.optim.weight_decay, max_grad_norm=cfg.optim.max_grad_norm,
         shuffle_dataset=False, use_cpu=args.device == "cpu", dataloader_num_workers=0,
-        generation_kwargs={"min_new_tokens": args.max_new_tokens} if getattr(args, "fixed_length", False) else None,
+        generation_kwargs={"min_new_tokens": args.max_new_tokens} if args.fixed_length else None,
         report_to="none", logging_strategy="no", save_strategy="no", disable_tqdm=True, log_completions=False)
 
 
@@ -285,7 +285,8 @@ def main() -> None:
     task = build_task(cfg.task.name, cfg.task.options)
     print(f"model {args.model}, {'LoRA' if args.lora else 'full weights'}, {args.dtype}, {args.device}, "
           f"{args.problems} problems x {args.samples} samples, <= {args.max_new_tokens} new tokens, "
-          f"T={args.temperature}{', fixed lengths' if args.fixed_length else ''}, our engine {args.engine}, trl {trl.__version__}, torch {torch.__version__}, "
+          f"T={args.temperature}{', fixed lengths' if args.fixed_length else ''}, our engine {args.engine}, "
+          f"trl {trl.__version__}, torch {torch.__version__}, "
           f"torch threads {torch.get_num_threads()}", flush=True)
 
     ours = Trainer(cfg, task)
