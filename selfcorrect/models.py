@@ -12,6 +12,7 @@ import contextlib
 import copy
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,21 +59,36 @@ def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
     return table[setting]
 
 
-def cpu_bf16_hint(device: torch.device, dtype: torch.dtype) -> str | None:
-    """A one-line suggestion when fp32 training runs on a CPU with bf16 matrix instructions
-    (AVX512-BF16 or AMX), where bf16 products are 2-3x faster (docs/PERFORMANCE.md); None
-    elsewhere. 'auto' keeps fp32 on CPUs because without those instructions bf16 is slower."""
-    if device.type != "cpu" or dtype != torch.float32:
-        return None
-    try:  # private probes; a torch without them just gets no hint
-        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+def cpu_multiplies_bf16() -> bool | None:
+    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX); None where torch
+    cannot tell (the probes are private, and a torch without them gets neither hint nor warning)."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except AttributeError:
         return None
-    if not native:
+
+
+def cpu_bf16_hint(device: torch.device, dtype: torch.dtype) -> str | None:
+    """A one-line suggestion when fp32 training runs on a CPU with bf16 matrix instructions,
+    where bf16 products are 2-3x faster (docs/PERFORMANCE.md); None elsewhere. 'auto' keeps fp32
+    on CPUs because without those instructions bf16 is slower (cpu_bf16_warning)."""
+    if device.type != "cpu" or dtype != torch.float32 or not cpu_multiplies_bf16():
         return None
     return ("hint: this CPU multiplies bf16 natively (2-3x fp32's rate); --model.dtype bfloat16 "
             "(fp32 master weights under bf16 autocast) trains faster, with less precise log-probs "
             "(small KLs are mostly rounding in bf16); see docs/PERFORMANCE.md")
+
+
+def cpu_bf16_warning(device: torch.device, dtype: torch.dtype) -> str | None:
+    """A one-line warning when a bf16 model runs on a CPU without bf16 instructions, where bf16
+    products are slower than fp32 ones (on an AVX2 machine SmolLM2's 30 layers took 167 ms a
+    decode step in bf16 against 78 in fp32, and a bf16 `benchmarks/vs_trl.py` run was stopped
+    after 20 minutes where fp32 finishes in 5: docs/PERFORMANCE.md). Asked for explicitly, bf16
+    still runs; None elsewhere."""
+    if device.type != "cpu" or dtype != torch.bfloat16 or cpu_multiplies_bf16() is not False:
+        return None
+    return ("warning: this CPU has no bf16 instructions (AVX512-BF16 or AMX), so bf16 products are "
+            "emulated and run slower than fp32 here; --model.dtype float32 (or auto) is faster")
 
 
 def smollm2_folder() -> Path:
@@ -192,7 +208,11 @@ def load(model_cfg, *, training: bool = False, progress: bool = True):
     device = pick_device(model_cfg.device)
     tokenizer = load_tokenizer(path)
     lora = lora_settings(model_cfg) if training else None
-    return load_policy(path, device, pick_dtype(model_cfg.dtype, device), lora), tokenizer
+    dtype = pick_dtype(model_cfg.dtype, device)
+    warning = cpu_bf16_warning(device, dtype)
+    if warning and distributed.is_main():
+        print(f"selfcorrect: {warning}", file=sys.stderr, flush=True)
+    return load_policy(path, device, dtype, lora), tokenizer
 
 
 # ----------------------------------------------------------------------------- checks before loading weights

@@ -1,4 +1,5 @@
-"""The one-line suggestion to train in bf16 on CPUs that multiply bf16 natively."""
+"""The one-line suggestion to train in bf16 on CPUs that multiply bf16 natively, and the warning
+when bf16 is asked for on a CPU that does not."""
 
 from __future__ import annotations
 
@@ -18,3 +19,24 @@ def test_bf16_hint_only_for_fp32_on_a_cpu_with_bf16_instructions(monkeypatch, na
     assert (hint is not None) == hinted
     if hinted:
         assert "--model.dtype bfloat16" in hint
+
+
+@pytest.mark.parametrize("native, device, dtype, warned", [
+    (False, "cpu", "bfloat16", True), (True, "cpu", "bfloat16", False), (None, "cpu", "bfloat16", False),
+    (False, "cpu", "float32", False), (False, "cuda", "bfloat16", False)])
+def test_bf16_warning_only_for_bf16_on_a_cpu_without_bf16_instructions(monkeypatch, native, device, dtype, warned):
+    monkeypatch.setattr(models, "cpu_multiplies_bf16", lambda: native)
+    warning = models.cpu_bf16_warning(torch.device(device), models.pick_dtype(dtype, torch.device(device)))
+    assert (warning is not None) == warned
+    if warned:
+        assert "--model.dtype float32" in warning
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_loading_bf16_on_a_cpu_warns_only_without_bf16_instructions(monkeypatch, capsys, saved_tiny, native):
+    from selfcorrect.config import ModelConfig
+
+    monkeypatch.setattr(models, "cpu_multiplies_bf16", lambda: native)
+    model, _ = models.load(ModelConfig(name=str(saved_tiny), device="cpu", dtype="bfloat16"), progress=False)
+    assert next(model.parameters()).dtype == torch.bfloat16  # asked for explicitly: still runs in bf16
+    assert ("no bf16 instructions" in capsys.readouterr().err) == (not native)
