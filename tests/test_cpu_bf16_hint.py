@@ -40,3 +40,10 @@ def test_loading_bf16_on_a_cpu_warns_only_without_bf16_instructions(monkeypatch,
     model, _ = models.load(ModelConfig(name=str(saved_tiny), device="cpu", dtype="bfloat16"), progress=False)
     assert next(model.parameters()).dtype == torch.bfloat16  # asked for explicitly: still runs in bf16
     assert ("no bf16 instructions" in capsys.readouterr().err) == (not native)
+
+
+@pytest.mark.parametrize("native, dtype", [(True, torch.bfloat16), (False, torch.float32)])
+def test_auto_takes_bf16_only_on_gpus_that_multiply_it_natively(monkeypatch, native, dtype):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
+    assert models.pick_dtype("auto", torch.device("cuda")) == dtype
+    assert models.pick_dtype("auto", torch.device("cpu")) == torch.float32

@@ -52,3 +52,16 @@ def test_gradients_still_flow_inside_the_block():
     with onednn_output_layer(model):
         model(input_ids=torch.tensor([[5, 6, 7]])).logits.sum().backward()
     assert model.lm_head.weight.grad is not None
+
+
+@needs_onednn
+def test_under_autocast_the_plain_layer_computes_as_the_trainer_does():
+    tok = tiny_tokenizer()
+    model = tiny_model(tok)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = model(input_ids=ids).logits
+        with onednn_output_layer(model):
+            got = model(input_ids=ids).logits
+    assert got.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(got, want, atol=0, rtol=0)

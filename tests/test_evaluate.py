@@ -85,6 +85,19 @@ def test_missing_model_path_is_a_clear_error(capsys):
         resolve_model_path("/definitely/not/here")
 
 
+def test_a_model_folder_under_home_loads_from_its_tilde_path(monkeypatch, tmp_path, saved_tiny):
+    import shutil
+
+    from selfcorrect import models
+    from selfcorrect.config import ModelConfig
+
+    shutil.copytree(saved_tiny, tmp_path / "tiny")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert resolve_model_path("~/tiny") == str(tmp_path / "tiny")
+    model, _ = models.load(ModelConfig(name="~/tiny", device="cpu", dtype="float32"), progress=False)
+    assert model.config.vocab_size > 0
+
+
 def test_lora_reference_is_the_base_model(saved_tiny):
     from peft import LoraConfig, get_peft_model
 

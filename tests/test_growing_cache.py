@@ -42,3 +42,14 @@ def test_appends_write_in_place_until_the_room_is_used():
     cache.update(torch.ones(1, 1, 1, 2), torch.ones(1, 1, 1, 2), 0)
     assert cache.layers[0].room_k is room  # no copy of the cache for a new position
     assert cache.layers[0].keys.data_ptr() == room.data_ptr()
+
+
+def test_cache_edits_it_does_not_keep_in_step_are_refused():
+    import pytest
+
+    cache = growing_cache()
+    cache.update(torch.zeros(2, 1, 3, 2), torch.zeros(2, 1, 3, 2), 0)
+    with pytest.raises(NotImplementedError):
+        cache.crop(1)  # DynamicLayer's crop would shorten the views and leave the buffers' fill mark
+    with pytest.raises(NotImplementedError):
+        cache.batch_repeat_interleave(2)

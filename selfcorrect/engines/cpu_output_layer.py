@@ -5,8 +5,8 @@ SmolLM2, 113 MB of fp32 weights), so its time is that of streaming the weights o
 project's 2-core AMD EPYC (AVX2) MKL did that at about 3.6 GB/s and oneDNN at about 8: with
 b = 15, 32 ms against 14 ms a step; a profiled SmolLM2 rollout spent 11% less CPU time per
 generated token (docs/PERFORMANCE.md). The other layers are smaller and gain nothing (measured),
-so only the output layer is switched, only while generating without gradients, and only where
-it is a plain fp32 nn.Linear on a CPU; the model's own code around it (logit scaling,
+so only the output layer is switched, only while generating without gradients or autocast, and
+only where it is a plain fp32 nn.Linear on a CPU; the model's own code around it (logit scaling,
 soft-capping) still runs. The logits differ from MKL's in the last bits, like any change of
 kernel.
 """
@@ -27,8 +27,9 @@ def onednn_output_layer(model):
         return
     plain = head.forward
 
-    def forward(hidden):  # oneDNN's op has no backward: with gradients on, the plain layer
-        if torch.is_grad_enabled():
+    def forward(hidden):  # oneDNN's op has no backward: with gradients on, the plain layer;
+        # and it ignores autocast, so under autocast too (the trainer's logits are autocast's)
+        if torch.is_grad_enabled() or torch.is_autocast_enabled("cpu"):
             return plain(hidden)
         return onednn_linear(hidden, head.weight, head.bias)
 

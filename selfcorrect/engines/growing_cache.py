@@ -55,6 +55,14 @@ def _growing_layer_class():
                 self.room_k, self.room_v = self.room_k[indices], self.room_v[indices]
                 self.keys, self.values = self.room_k[:, :, :self.filled], self.room_v[:, :, :self.filled]
 
+        def _not_kept_in_step(self, *args, **kwargs):
+            # DynamicLayer's versions act on keys / values only and would leave the buffers
+            # behind; the cached engine, this layer's one user, never calls them
+            raise NotImplementedError("GrowingLayer keeps its buffers in step for update and "
+                                      "batch_select_indices only")
+
+        crop = reset = reorder_cache = batch_repeat_interleave = offload = prefetch = _not_kept_in_step
+
     return GrowingLayer
 
 
