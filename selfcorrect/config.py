@@ -57,7 +57,8 @@ ENGINE_NAMES = ("auto", *ENGINES)
 
 @dataclass
 class RolloutConfig:
-    attempts: int = opt(2, "attempts per episode (training uses 2; evaluation may use 3+)")
+    attempts: int = opt(2, "attempts per episode (the paper trains 2; with 3+, SCoRe's Stage I trains "
+                            "attempt 2, then 3, ..., each with the earlier ones pinned)")
     samples_per_problem: int = opt(4, "k samples per problem for the RLOO baseline (>= 2)")
     temperature: float = opt(1.0, "sampling temperature during training (the paper uses 1.0)")
     top_p: float = opt(1.0, "nucleus sampling threshold during training")

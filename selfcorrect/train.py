@@ -59,6 +59,23 @@ def stage_plan(stage1_steps: int, stage2_steps: int, rounds: int) -> list[int]:
     return plan
 
 
+def attempts_at(plan: list[int], step: int, attempts: int) -> int:
+    """Attempts sampled at optimizer step `step` of `plan` (stage_plan's list). Stage II and runs
+    of up to two attempts sample all of them. With n > 2 attempts each Stage I block splits in
+    sub-stages j = 2..n, as evenly as possible, that train attempt j with attempts 1..j-1 pinned
+    and sample no attempt after j (the paper's ICLR 3-attempt variant: 1(a) trains attempt 2,
+    1(b) attempt 3; SCORE.md, Other details)."""
+    if plan[step] == 2 or attempts <= 2:
+        return attempts
+    start = step
+    while start > 0 and plan[start - 1] == 1:
+        start -= 1
+    end = step
+    while end + 1 < len(plan) and plan[end + 1] == 1:
+        end += 1
+    return 2 + (step - start) * (attempts - 1) // (end - start + 1)
+
+
 class PhaseTimer:
     def __init__(self):
         self.seconds: dict[str, float] = {}
@@ -221,8 +238,8 @@ class Trainer:
                         for key, value in metrics.items():
                             if isinstance(value, (int, float)):
                                 writer.add_scalar(key, value, metrics["step"])
-                    reward = metrics[last_reward]
-                    if self.state["best_reward"] is None or reward > self.state["best_reward"]:
+                    reward = metrics.get(last_reward)  # absent in a Stage I sub-stage before the last attempt
+                    if reward is not None and (self.state["best_reward"] is None or reward > self.state["best_reward"]):
                         self.state["best_reward"] = reward
                     if self.state["step"] % self.cfg.run.save_every == 0 or self.state["step"] == total:
                         self.save_checkpoint()
@@ -281,7 +298,7 @@ class Trainer:
         lo, hi = distributed.shard_bounds(len(batch))
         problems = batch[lo:hi]
         seeds = self._row_seeds(list(range(first + lo, first + hi)))
-        k, n_att = cfg.rollout.samples_per_problem, cfg.rollout.attempts
+        k, n_att = cfg.rollout.samples_per_problem, attempts_at(self.plan, self.state["step"], cfg.rollout.attempts)
         sampling = sampling_settings(cfg)
         # eval mode throughout: dropout (LoRA's or the base model's) would make the trained
         # log-probs those of another policy than the one that sampled, and the reference random
@@ -445,7 +462,8 @@ class Trainer:
         r = torch.tensor([row for part in ranks for row in part["r"]], dtype=torch.float32)
         lengths = [row for part in ranks for row in part["len"]]
         truncated = [row for part in ranks for row in part["truncated"]]
-        m = {"stage": stage, "loss": loss_value, "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0]}
+        m = {"stage": stage, "attempts": n_att, "loss": loss_value, "grad_norm": grad_norm,
+             "lr": self.scheduler.get_last_lr()[0]}
         for a in range(n_att):
             col = r[:, a]
             m[f"reward_t{a + 1}"] = float(torch.nan_to_num(col, nan=0.0).mean())

@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from selfcorrect.config import Config
-from selfcorrect.train import Trainer, stage_plan
+from selfcorrect.train import Trainer, attempts_at, stage_plan
 from tiny import EchoTask, tiny_model, tiny_tokenizer
 
 
@@ -39,6 +39,38 @@ def test_stage_plan_interleaves_and_keeps_step_counts():
     assert stage_plan(4, 2, 1) == [1, 1, 1, 1, 2, 2]
     assert stage_plan(4, 2, 2) == [1, 1, 2, 1, 1, 2]
     assert stage_plan(0, 3, 1) == [2, 2, 2]
+
+
+def test_stage_one_splits_in_sub_stages_per_later_attempt():
+    def plan_attempts(plan, n):
+        return [attempts_at(plan, step, n) for step in range(len(plan))]
+
+    assert plan_attempts(stage_plan(4, 2, 1), 2) == [2, 2, 2, 2, 2, 2]
+    assert plan_attempts(stage_plan(4, 2, 1), 3) == [2, 2, 3, 3, 3, 3]  # 1(a), 1(a), 1(b), 1(b), II, II
+    assert plan_attempts(stage_plan(4, 2, 2), 3) == [2, 3, 3, 2, 3, 3]  # each interleaved round splits
+    assert plan_attempts(stage_plan(3, 1, 1), 4) == [2, 3, 4, 4]
+    assert plan_attempts(stage_plan(1, 1, 1), 3) == [2, 3]  # a one-step Stage I trains attempt 2 only
+
+
+def test_three_attempts_train_attempt_two_then_three_in_stage_one(tmp_path, monkeypatch):
+    from selfcorrect import losses
+
+    cfg = tiny_config(tmp_path)
+    cfg.rollout.attempts = 3
+    trainer = make_trainer(cfg)
+    seen = []
+    plain = losses.turn_kl_coefficients
+
+    def spy(turn_ids, stage, beta1, beta2):
+        seen.append((stage, int(turn_ids.max())))
+        return plain(turn_ids, stage, beta1, beta2)
+
+    monkeypatch.setattr(losses, "turn_kl_coefficients", spy)
+    history = trainer.train()
+    assert [(m["stage"], m["attempts"]) for m in history] == [(1, 2), (1, 3), (2, 3), (2, 3)]
+    assert "reward_t3" not in history[0] and "reward_t3" in history[1]
+    assert sorted(set(seen)) == [(1, 2), (1, 3), (2, 3)]  # the trained rows end at attempt 2, then 3
+    assert trainer.state["best_reward"] == max(m["reward_t3"] for m in history[1:])
 
 
 def test_train_logs_metrics_and_saves_loadable_model(tmp_path):
