@@ -16,6 +16,6 @@ fi
 for seed in $SEEDS; do
   start=$(date +%s)
   $SC train --config "$CFG" --seed "$seed" --output "$OUT/seed$seed/train" --run.overwrite true --run.progress false
-  $SC eval --config "$CFG" --model "$OUT/seed$seed/train/final" --output "$OUT/seed$seed" --run.progress false
+  $SC eval --config "$CFG" --model "$OUT/seed$seed/train/final" --output "$OUT/seed$seed" --run.overwrite true --run.progress false
   echo "seed $seed: train + eval took $(( $(date +%s) - start )) s" | tee "$OUT/seed$seed/seconds.txt"
 done

@@ -106,8 +106,10 @@ def tidy(run_dir: Path) -> list[Path]:
     root = run_dir / "checkpoints"
     removed = remove_temporaries(run_dir) + remove_temporaries(root)
     pointer = root / LATEST
-    if pointer.exists():
-        current = pointer.read_text().strip()
+    current = pointer.read_text().strip() if pointer.exists() else ""
+    # only a pointer to a complete checkpoint says what is newer: an empty or hand-edited one
+    # (a pruned step) would make every checkpoint look newer; latest() then reports it instead
+    if current and (root / current / "state.json").exists():
         for folder in sorted(root.glob("step-*")):
             if folder.is_dir() and folder.name > current:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -129,9 +131,13 @@ def latest(run_dir: Path) -> Path | None:
     pointer = run_dir / "checkpoints" / LATEST
     if not pointer.exists():
         return None
-    folder = run_dir / "checkpoints" / pointer.read_text().strip()
-    if not (folder / "state.json").exists():
-        raise FileNotFoundError(f"{pointer} names {folder.name}, which is missing or incomplete")
+    name = pointer.read_text().strip()
+    folder = run_dir / "checkpoints" / name
+    if not name or not (folder / "state.json").exists():
+        present = sorted(p.name for p in folder.parent.glob("step-*") if (p / "state.json").exists())
+        raise FileNotFoundError(f"{pointer} names {name or 'nothing'}, which is missing or incomplete "
+                                f"(complete checkpoints here: {', '.join(present) or 'none'}; write one "
+                                f"of their names into it to resume from there)")
     return folder
 
 

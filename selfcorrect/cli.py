@@ -37,6 +37,16 @@ DESCRIPTIONS = {
 }
 
 
+def command_defaults(command: str) -> C.Config:
+    """The values a command starts from, shown as the defaults in its --help: the demo's recipe
+    for `demo`, the plain defaults elsewhere."""
+    if command == "demo":
+        from .demo import demo_config
+
+        return demo_config()
+    return C.Config()
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is ONE line on stderr (`selfcorrect train: error: ...`, no usage
     block) and exit code 2, like every other bad-input error of the commands."""
@@ -65,9 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
         for flag, (key, help_text) in SHORTCUTS.items():
             sub.add_argument(flag, dest=key, default=argparse.SUPPRESS, help=help_text,
                              metavar=flag.strip("-").upper())
-        defaults = C.Config()
+        defaults = command_defaults(name)
         for key, f in C.iter_fields():
             section, _, field_name = key.partition(".")
+
             default = getattr(getattr(defaults, section), field_name)
             extra = f" (one of {', '.join(f.metadata['choices'])})" if f.metadata.get("choices") else ""
             sub.add_argument(f"--{key}", dest=key, metavar=f.type.upper() if isinstance(f.type, str) else "V",
@@ -328,6 +339,9 @@ def run_eval(cfg: C.Config) -> None:
     if cfg.eval.attempts > 2:
         extra = {k: v for k, v in result.metrics.items() if k.startswith(("acc_t", "delta_t1_t"))}
         say("  ".join(f"{k}={v * 100:.1f}" for k, v in extra.items()))
+    failed = result.metrics.get("n_verifier_failed", 0)
+    if failed:  # in the table they count as not correct; say how many, so a 0.0 is not misread
+        say(f"{failed} attempts could not be verified (verifier timeout or crash): counted as not correct")
     say(f"per-problem records: {result.folder / 'records.jsonl'}")
 
 

@@ -19,13 +19,16 @@ updates of problems_per_step x samples_per_problem episodes; see methods/sft_bas
 is evaluated with the same greedy protocol. Each method x seed is a run folder
 `<output_dir>/<method>/seed-<s>/` like `train` makes, plus `eval/` and `summary.json`.
 Re-running skips finished units and resumes an interrupted RL run from its last checkpoint (an
-SFT baseline restarts). At the end the report is written (selfcorrect/report).
+SFT baseline restarts). Each unit records the settings it was made with (compare-unit.yaml); a
+re-run whose settings differ for a unit is refused, unless `overrides: {run: {overwrite: true}}`
+asks to start such units over. At the end the report is written (selfcorrect/report).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from importlib.resources import as_file, files
@@ -33,7 +36,8 @@ from pathlib import Path
 
 import yaml
 
-from .config import Config, from_dict, load_yaml, save_yaml
+from .atomic import temporaries, write_text_atomic
+from .config import Config, from_dict, load_yaml, read_yaml, save_yaml, to_dict
 
 #: method name -> (display label, config overrides). "base" and "self_refine" train nothing.
 METHODS: dict[str, tuple[str, dict]] = {
@@ -51,6 +55,20 @@ METHODS: dict[str, tuple[str, dict]] = {
     "score_offline_turn1": ("SCoRe w/o on-policy turn 1", {"algo": {"turn1": "base"}}),
 }
 UNTRAINED = ("base", "self_refine")
+
+#: the file in each unit folder holding the config the unit was made with (model.name as the
+#: comparison names it: config.yaml and eval/config.yaml hold the resolved model path instead)
+SETTINGS_FILE = "compare-unit.yaml"
+#: keys that cannot change a unit's numbers, so a re-run may differ in them and still reuse it:
+#: where the folder is, bookkeeping of checkpoints and progress, and eval.scaling (is_finished
+#: already asks for scaling.json when a method is added to `scaling:`, and evaluates it again)
+SETTINGS_IGNORED = frozenset({
+    "run.output_dir", "run.resume", "run.overwrite", "run.progress", "run.save_every", "run.keep_checkpoints",
+    "distributed.timeout_s", "eval.scaling",
+})
+#: sections only training reads: a method that trains nothing (UNTRAINED) may differ in them
+TRAINING_SECTIONS = frozenset({"algo", "optim", "sft"})
+MAX_SEED = 2**32  # numpy and torch seeds must be below it
 
 
 @dataclass
@@ -98,35 +116,107 @@ def load_comparison(path: str | Path, *, quick: bool = False, seeds: list[int] |
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"comparison file {path} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path, "comparison file")
+    raw = {} if raw is None else raw  # an empty file: every default
     known = {"title", "output_dir", "seeds", "base", "overrides", "methods", "scaling", "quick"}
     if not isinstance(raw, dict) or set(raw) - known:
         raise ValueError(f"{path}: unknown keys {sorted(set(raw) - known) if isinstance(raw, dict) else raw!r}; "
                          f"known: {sorted(known)}")
     base = _base_config(raw.get("base", {}), path)
-    overrides = raw.get("overrides") or {}
-    base = from_dict(overrides, base)
-    listed: dict[str, dict] = {}
-    for item in raw.get("methods") or list(METHODS):
-        name, extra = (next(iter(item.items())) if isinstance(item, dict) else (item, {}))
-        if name not in METHODS:
-            raise ValueError(f"{path}: unknown method {name!r}; known: {', '.join(METHODS)}")
-        listed[name] = extra or {}
+    try:
+        base = from_dict(raw.get("overrides") or {}, base)
+    except ValueError as exc:
+        raise ValueError(f"{path}: 'overrides': {exc}") from None
+    listed = parse_methods(raw.get("methods"), path)
     if methods:
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
         listed = {m: listed.get(m, {}) for m in methods}
-    quick = quick or bool(raw.get("quick", False))
+    if not isinstance(raw.get("quick", False), bool):
+        raise ValueError(f"{path}: 'quick' must be true or false, got {raw['quick']!r}")
+    quick = quick or raw.get("quick", False)
+    file_output = raw.get("output_dir", "runs/compare")
+    if not isinstance(file_output, str) or not file_output.strip():
+        raise ValueError(f"{path}: 'output_dir' must be a folder path, got {file_output!r}")
+    seeds = check_seeds(seeds, "--seeds") if seeds is not None else \
+        check_seeds(raw.get("seeds", [0, 1, 2]), f"{path}: 'seeds'")
     comparison = Comparison(
-        title=str(raw.get("title", path.stem)), output_dir=Path(output_dir or raw.get("output_dir", "runs/compare")),
-        seeds=list(seeds if seeds is not None else raw.get("seeds", [0, 1, 2])), base=base, methods=listed,
-        scaling=[m for m in raw.get("scaling", []) if m in listed], quick=quick, raw=raw)
+        title=str(raw.get("title", path.stem)), output_dir=Path(output_dir or file_output),
+        seeds=seeds, base=base, methods=listed,
+        scaling=[m for m in parse_scaling(raw.get("scaling"), path) if m in listed], quick=quick, raw=raw)
     if quick:
         make_quick(comparison)
     for name in comparison.methods:  # every method's config must be valid before anything runs
-        method_config(comparison, name, comparison.seeds[0])
+        try:
+            method_config(comparison, name, comparison.seeds[0])
+        except ValueError as exc:
+            raise ValueError(f"{path}: method {name!r}: {exc}") from None
     return comparison
+
+
+def check_seeds(value, where: str) -> list[int]:
+    """`seeds:` (or --seeds) as a non-empty list of distinct ints in [0, 2**32): each is a run
+    folder seed-<s> and seeds numpy and torch, which refuse anything else only once training starts."""
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{where} must be a non-empty list of integers such as [0, 1, 2], got {value!r}")
+    for seed in value:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < MAX_SEED:
+            raise ValueError(f"{where}: {seed!r} is not an integer in [0, 2**32)")
+    repeated = sorted({s for s in value if value.count(s) > 1})
+    if repeated:  # the same folder twice: the second run would overwrite the first
+        raise ValueError(f"{where}: seed(s) {repeated} listed twice")
+    return list(value)
+
+
+def parse_methods(value, path: Path) -> dict[str, dict]:
+    """`methods:` as method name -> its extra overrides. Written as a list of names and {name:
+    overrides} items, or as one mapping {name: overrides} (the report reads both forms); left
+    out, every method."""
+    if value is None:
+        return {name: {} for name in METHODS}
+    if isinstance(value, (dict, list)) and not value:  # surely a slip: a comparison of nothing
+        raise ValueError(f"{path}: 'methods' is empty; list the methods to compare, or leave it out for all")
+    if isinstance(value, dict):
+        items = list(value.items())
+    elif isinstance(value, list):
+        items = [_method_item(item, path) for item in value]
+    else:
+        raise ValueError(f"{path}: 'methods' must be a list of method names (an item may be {{name: overrides}}) "
+                         f"or a mapping of name to overrides, got {value!r}")
+    listed: dict[str, dict] = {}
+    for name, extra in items:
+        if not isinstance(name, str) or name not in METHODS:
+            raise ValueError(f"{path}: unknown method {name!r}; known: {', '.join(METHODS)}")
+        if extra is not None and not isinstance(extra, dict):
+            raise ValueError(f"{path}: method {name!r}: its overrides must be a mapping of config sections "
+                             f"such as {{sft: {{lr: 1.0e-4}}}}, got {extra!r}")
+        if name in listed:  # two entries of one method: one would silently win
+            raise ValueError(f"{path}: method {name!r} listed twice")
+        listed[name] = extra or {}
+    return listed
+
+
+def _method_item(item, path: Path) -> tuple:
+    """(name, overrides) of one `methods:` list item: a name, or a mapping with exactly one key."""
+    if isinstance(item, str):
+        return item, {}
+    if isinstance(item, dict) and len(item) == 1:
+        return next(iter(item.items()))
+    raise ValueError(f"{path}: each 'methods' item must be a method name or {{name: overrides}} with one name, "
+                     f"got {item!r}")
+
+
+def parse_scaling(value, path: Path) -> list[str]:
+    """`scaling:`: method names; a name that is no method is refused, not silently dropped."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
+        raise ValueError(f"{path}: 'scaling' must be a list of method names, got {value!r}")
+    unknown = [m for m in value if m not in METHODS]
+    if unknown:
+        raise ValueError(f"{path}: 'scaling': unknown method(s) {unknown}; known: {', '.join(METHODS)}")
+    return list(value)
 
 
 def make_quick(c: Comparison) -> None:
@@ -168,6 +258,71 @@ def is_finished(c: Comparison, method: str, seed: int) -> bool:
     return all(p.exists() for p in needs)
 
 
+def unit_settings(c: Comparison, method: str, seed: int) -> dict:
+    """The config a unit is made with, as plain data, its model named as in the comparison."""
+    return to_dict(method_config(c, method, seed))
+
+
+def settings_differences(recorded: dict, wanted: dict, *, trains: bool = True) -> list[str]:
+    """'section.key: old -> new' for every key that differs and can change a unit's numbers
+    (`trains` False: the training sections cannot). Only keys both sides have are compared: a
+    field added or removed by another version of selfcorrect is no change the user made."""
+    out = []
+    for section, values in wanted.items():
+        old_values = recorded.get(section)
+        if not isinstance(values, dict) or not isinstance(old_values, dict):
+            continue
+        if not trains and section in TRAINING_SECTIONS:
+            continue
+        for key, new in values.items():
+            dotted = f"{section}.{key}"
+            if dotted not in SETTINGS_IGNORED and key in old_values and old_values[key] != new:
+                out.append(f"{dotted}: {old_values[key]!r:.40} -> {new!r:.40}")
+    return out
+
+
+def stale_unit(c: Comparison, method: str, seed: int) -> str | None:
+    """Why the folder of a unit cannot be reused by this comparison (None when it can): it was
+    made with other settings, or by a selfcorrect that kept no record of them."""
+    folder = unit_dir(c, method, seed)
+    record = folder / SETTINGS_FILE
+    if not record.is_file():
+        # the record is the first file a unit writes: a folder with other files and no record
+        # was made before records were kept, with settings nobody can check (the leftover of an
+        # interrupted atomic write of the record is no such file)
+        has_files = folder.is_dir() and any(p not in temporaries(folder) for p in folder.iterdir())
+        return "no record of its settings: made by an older selfcorrect" if has_files else None
+    try:
+        recorded = read_yaml(record, "unit settings")
+    except ValueError as exc:
+        return str(exc)
+    if not isinstance(recorded, dict):
+        return f"{record} is not a mapping of config sections"
+    differences = settings_differences(recorded, unit_settings(c, method, seed), trains=method not in UNTRAINED)
+    if not differences:
+        return None
+    more = f", and {len(differences) - 3} more" if len(differences) > 3 else ""
+    return "; ".join(differences[:3]) + more
+
+
+def check_reuse(c: Comparison) -> list[tuple[str, int]]:
+    """Units whose folders hold runs made with other settings: refused (a ValueError naming the
+    first one), or, when the base config sets run.overwrite, returned to be started over."""
+    stale = []
+    for seed in c.seeds:
+        for method in c.methods:
+            why = stale_unit(c, method, seed)
+            if why is None:
+                continue
+            if not c.base.run.overwrite:
+                raise ValueError(
+                    f"{c.output_dir} holds a comparison run {method}/seed-{seed} made with other settings ({why}); "
+                    f"use another --output, or set overrides: {{run: {{overwrite: true}}}} in the comparison "
+                    f"file to start such runs over")
+            stale.append((method, seed))
+    return stale
+
+
 def run_unit(c: Comparison, method: str, seed: int, base_model_name: str) -> dict:
     """Train (unless the method trains nothing) and evaluate one method x seed; write summary.json."""
     from .evaluate import evaluate_config, evaluation_problems
@@ -175,9 +330,12 @@ def run_unit(c: Comparison, method: str, seed: int, base_model_name: str) -> dic
     from .tasks import build_task
 
     cfg = method_config(c, method, seed)
-    cfg.model.name = base_model_name
     folder = Path(cfg.run.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    # first, so a folder's files are never without the settings they were made with (check_reuse);
+    # atomic, so an interrupted write leaves no half record that would refuse the unit later
+    write_text_atomic(folder / SETTINGS_FILE, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    cfg.model.name = base_model_name
     label = METHODS[method][0]
     with build_task(cfg.task.name, cfg.task.options) as task:
         evaluation_problems(cfg, task)  # the data first
@@ -206,6 +364,7 @@ def run_unit(c: Comparison, method: str, seed: int, base_model_name: str) -> dic
             eval_model = str(folder / "final")
         eval_cfg = copy.deepcopy(cfg)
         eval_cfg.model.name, eval_cfg.model.lora = eval_model, False
+        eval_cfg.run.overwrite = True  # the unit is not finished (is_finished): its evaluation is redone whole
         started = time.perf_counter()
         result = evaluate_config(eval_cfg, task=task, name=label, folder=folder / "eval")
         summary["eval_seconds"] = round(time.perf_counter() - started, 1)
@@ -239,6 +398,11 @@ def run_comparison(c: Comparison, *, stream=None) -> tuple[Path, Path]:
     from .progress import progress
     from .report import write_report
 
+    stale = check_reuse(c)  # before anything is written: a refused comparison leaves the folder as it was
+    for method, seed in stale:
+        print(f"compare: {method}/seed-{seed} was made with other settings; starting it over (run.overwrite)",
+              flush=True)
+        shutil.rmtree(unit_dir(c, method, seed))
     c.output_dir.mkdir(parents=True, exist_ok=True)
     (c.output_dir / "compare.yaml").write_text(yaml.safe_dump(
         {**c.raw, "title": c.title, "seeds": c.seeds, "quick": c.quick, "methods": list(c.methods),
@@ -266,8 +430,6 @@ def _headline(c: Comparison, method: str, seed: int) -> str:
 
 
 def _plain(cfg: Config) -> dict:
-    from .config import to_dict
-
     return to_dict(cfg)
 
 

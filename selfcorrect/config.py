@@ -9,6 +9,7 @@ run folder as config.yaml.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,6 +236,7 @@ class Config:
             (not (self.run.resume and self.run.overwrite),
              "run.resume and run.overwrite contradict each other (continue the run, or replace it?); set one"),
             (bool(self.run.output_dir.strip()), "run.output_dir must not be empty"),
+            (0 <= self.run.seed < 2**32, f"run.seed must be in [0, 2**32), got {self.run.seed}"),
             (bool(self.task.train_split.strip()) and bool(self.task.test_split.strip()),
              "task.train_split / task.test_split must not be empty"),
             (self.distributed.timeout_s > 0, "distributed.timeout_s must be > 0"),
@@ -242,6 +244,8 @@ class Config:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        # '~' as in the data and model paths (a YAML file's path reaches no shell to expand it)
+        self.run.output_dir = os.path.expanduser(self.run.output_dir)
         return self
 
 
@@ -319,6 +323,28 @@ def load_yaml(path: str | Path, base: Config | None = None) -> Config:
         raise ValueError(f"{path}: {exc}") from exc
 
 
+class DuplicateKey(Exception):
+    def __init__(self, key: object, line: int):
+        super().__init__(key, line)
+        self.key, self.line = key, line
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, but a key repeated in one mapping is an error: a second `rollout:` section
+    would otherwise silently replace the first."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *anchor' may be overridden: not a repeat
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise DuplicateKey(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path, what: str) -> Any:
     """The YAML document in `path` (None when empty); a one-line ValueError naming the file and
     the line for a directory, bytes that are not UTF-8, or invalid YAML."""
@@ -330,7 +356,10 @@ def read_yaml(path: Path, what: str) -> Any:
         line = path.read_bytes()[: exc.start].count(b"\n") + 1
         raise ValueError(f"{what} {path}:{line}: not UTF-8 text") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=UniqueKeyLoader)
+    except DuplicateKey as exc:
+        raise ValueError(f"{what} {path}:{exc.line}: key {exc.key!r} appears twice in the same mapping "
+                         f"(YAML would keep only the last; merge the two)") from None
     except yaml.YAMLError as exc:
         raise ValueError(f"{what} {path}:{yaml_error_where(exc)} not valid YAML: "
                          f"{getattr(exc, 'problem', None) or type(exc).__name__}") from None

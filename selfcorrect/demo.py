@@ -45,6 +45,28 @@ def run_demo(cfg: Config, quick: bool = False) -> dict:
         torch.set_num_threads(threads)
 
 
+DEMO_MARKER = "demo-run.txt"
+
+
+def claim_demo_folder(out: Path, overwrite: bool) -> None:
+    """Make `out` the demo's folder, refusing one that holds another command's results. The demo
+    replaces its own earlier run by default (its recipe sets run.overwrite), so a training run or
+    evaluations of another command there would be lost: those are refused whatever overwrite says.
+    A demo's folder is marked by DEMO_MARKER (or results.md, which demos wrote before the marker)."""
+    from .train import existing_run
+
+    held = existing_run(out) + ([out / "eval"] if (out / "eval").exists() else [])
+    names = ", ".join(p.name for p in held)
+    if held and not ((out / DEMO_MARKER).exists() or (out / "results.md").exists()):
+        raise FileExistsError(f"{out} holds results the demo did not make ({names}); the demo replaces "
+                              f"only its own runs: choose another --output, or move that folder away")
+    if held and not overwrite:
+        raise FileExistsError(f"{out} already holds a demo run ({names}); pass --run.overwrite true to "
+                              f"replace it, or choose another --output")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARKER).write_text("made by `selfcorrect demo`, which may replace this folder's run\n")
+
+
 def _run_demo(cfg: Config, quick: bool) -> dict:
     from .demo_model import build_demo_base
     from .distributed import main_first, on_main, say
@@ -56,7 +78,7 @@ def _run_demo(cfg: Config, quick: bool) -> dict:
 
     start = time.perf_counter()
     out = Path(cfg.run.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    on_main(lambda: claim_demo_folder(out, cfg.run.overwrite))  # before anything is written there
     with build_task(cfg.task.name, cfg.task.options) as task:
         evaluation_problems(cfg, task)  # the data first: a bad path is reported before the build
         say(f"[1/4] base model ({'quick build' if quick else cfg.model.name})")

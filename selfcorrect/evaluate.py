@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import distributed, models
+from .atomic import atomic_folder
 from .config import Config, save_yaml
 from .parallel import generation_view
 from .progress import progress as progress_report
@@ -91,6 +92,8 @@ def evaluate_config(cfg: Config, *, model=None, tokenizer=None, task: Task | Non
             check_applicable(task)  # before loading a model
         distributed.init(cfg.distributed.timeout_s, cuda=models.pick_device(cfg.model.device).type == "cuda"
                          if model is None else next(model.parameters()).device.type == "cuda")
+        out = Path(folder) if folder is not None else Path(cfg.run.output_dir) / "eval" / _slug(label)
+        distributed.on_main(lambda: refuse_finished_evaluation(out, cfg.run.overwrite))  # before the model loads
         if model is None:  # the model's folder, tokenizer and context window, before its weights
             key = "eval.max_new_tokens" if cfg.eval.max_new_tokens else "rollout.max_new_tokens"
             models.preflight(cfg.model, task, problems, max_new_tokens=cfg.eval.max_new_tokens
@@ -115,20 +118,32 @@ def evaluate_config(cfg: Config, *, model=None, tokenizer=None, task: Task | Non
                                            max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
                                            batch_size=cfg.eval.batch_size, seed=cfg.run.seed,
                                            progress=cfg.run.progress, desc=f"scaling {label}")
-    result.folder = Path(folder) if folder is not None else Path(cfg.run.output_dir) / "eval" / _slug(label)
+    result.folder = out
 
     def write() -> None:  # rank 0 writes; every rank holds the same gathered result
-        if cfg.eval.scaling:
-            write_scaling(curves, result.folder / "scaling.json")
-        result.write_records(result.folder / "records.jsonl")
-        save_yaml(cfg, result.folder / "config.yaml")
-        (result.folder / "metrics.json").write_text(
-            json.dumps({"metrics": result.metrics, "intervals": result.intervals}, indent=1))
+        # the whole folder at once: a crash leaves the old one, and a replaced evaluation
+        # leaves nothing of its own behind (an earlier run's scaling.json)
+        with atomic_folder(out) as tmp:
+            if cfg.eval.scaling:
+                write_scaling(curves, tmp / "scaling.json")
+            result.write_records(tmp / "records.jsonl")
+            save_yaml(cfg, tmp / "config.yaml")
+            (tmp / "metrics.json").write_text(
+                json.dumps({"metrics": result.metrics, "intervals": result.intervals}, indent=1))
 
     distributed.on_main(write)
     return result
 
 
+def refuse_finished_evaluation(folder: Path, overwrite: bool) -> None:
+    """Raise when `folder` already holds a finished evaluation and `overwrite` is off: a second
+    eval of the same model into the same --output would otherwise replace the first's results."""
+    if (folder / "metrics.json").exists() and not overwrite:
+        raise FileExistsError(f"{folder} already holds an evaluation (metrics.json); pass --run.overwrite "
+                              f"true to replace it, or choose another --output")
+
+
 def _slug(text: str) -> str:
     """A folder name for a model name or path (its last 80 safe characters)."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text.strip("/.")).strip("_")[-80:] or "model"
+    # leading dots stripped too: '~/.cache/x' must not make a hidden folder
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text.strip("/.")).strip("_.")[-80:] or "model"

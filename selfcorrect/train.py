@@ -35,7 +35,7 @@ from . import checkpoint, distributed, losses, models
 from .atomic import write_text_atomic
 from .faults import NonFiniteTraining, StopSignals, TrainingStopped, acquire_lock, release_lock
 from .batches import micro_batches, token_logprobs
-from .config import Config, save_yaml
+from .config import Config, save_yaml, to_dict
 from .metrics import edit_distance_ratio, self_correction_metrics
 from .optim import adamw, autocast, fp32_master_weights, lr_factor
 from .precision import fp32_logits, match_master_precision
@@ -491,7 +491,7 @@ class Trainer:
         """Rank 0 writes the checkpoint (the model and optimizer are the same on every rank; each
         rank's RNG state is kept); the others wait until it is complete, so none can read a
         half-written one."""
-        state = dict(self.state, plan=self.plan, world_size=self.world)
+        state = dict(self.state, plan=self.plan, world_size=self.world, settings=training_settings(self.cfg))
         rngs = distributed.gather_objects(checkpoint.rng_state()) if self.world > 1 else None
         full = {}
         if self.replicated.strategy == "fsdp":
@@ -526,6 +526,7 @@ class Trainer:
         state = checkpoint.load(folder, self.model, self.optimizer, self.scheduler, rank=distributed.rank(),
                                 restore=restore)
         state.pop("world_size", None)
+        refuse_changed_settings(folder, state.pop("settings", None), self.cfg)
         if state.pop("plan") != self.plan:
             raise ValueError(f"--resume: {folder} was made with another stage plan "
                              "(algo.stage1_steps / stage2_steps / interleave changed)")
@@ -595,10 +596,55 @@ def drop_metrics_after(log: Path, step: int) -> None:
         write_text_atomic(log, "".join(line + "\n" for line in kept))
 
 
+# settings a resumed run may change: where and how it runs and reports, not what it computes
+# (micro-batches and generation batches split the same sums; evaluation comes after training)
+RESUME_MAY_CHANGE = ("run.output_dir", "run.save_every", "run.keep_checkpoints", "run.resume", "run.overwrite",
+                     "run.progress", "eval.", "distributed.", "model.device", "optim.micro_batch_size",
+                     "rollout.batch_size")
+
+
+def training_settings(cfg: Config) -> dict:
+    """{'section.key': value} of what a run computes (RESUME_MAY_CHANGE left out), as a
+    checkpoint records it; task options stay one dict value."""
+    return {key: value for key, value in flat_settings(to_dict(cfg)).items() if not key.startswith(RESUME_MAY_CHANGE)}
+
+
+def refuse_changed_settings(folder: Path, saved: dict | None, cfg: Config) -> None:
+    """Raise when `cfg` would resume checkpoint `folder`, made with training settings `saved`,
+    with other ones (task, data, model, seed, sampling, algorithm, optimizer): the steps after
+    it would silently follow another recipe than the steps before. Checkpoints from before the
+    settings were recorded (None) are not checked."""
+    if saved is None:
+        return
+    new = json.loads(json.dumps(training_settings(cfg)))  # as the checkpoint's JSON holds it (lists, not tuples)
+    changed = [f"{key}: {saved[key]!r} -> {new[key]!r}" for key in sorted(saved.keys() & new.keys())
+               if saved[key] != new[key]]
+    if changed:
+        raise ValueError(f"--resume: {folder} was trained with other settings ({'; '.join(changed[:4])}"
+                         f"{'; ...' if len(changed) > 4 else ''}); resume with the run's own settings "
+                         f"(its config.yaml), or start a new run in another --output")
+
+
+def flat_settings(tree: dict, prefix: str = "") -> dict:
+    """{'section.key': value} of a nested config dict; task options stay one dict value."""
+    flat: dict = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and not prefix:
+            flat.update(flat_settings(value, f"{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def existing_run(run_dir: Path) -> list[Path]:
+    """What of a training run `run_dir` already holds (checkpoints, metrics.jsonl, summary.json)."""
+    return [p for p in (run_dir / "checkpoints", run_dir / "metrics.jsonl", run_dir / "summary.json")
+            if p.exists()]
+
+
 def start_fresh(run_dir: Path, overwrite: bool) -> None:
     """Refuse to mix a new run into an old one in `run_dir` unless asked to replace it."""
-    old = [p for p in (run_dir / "checkpoints", run_dir / "metrics.jsonl", run_dir / "summary.json")
-           if p.exists()]
+    old = existing_run(run_dir)
     if old and not overwrite:
         raise FileExistsError(f"{run_dir} already holds a run ({', '.join(p.name for p in old)}); "
                               "pass --run.resume true to continue it, --run.overwrite true to replace it, "

@@ -28,7 +28,7 @@ chat template, a scorer that raises) must work, and are asserted to.
 | config file: invalid YAML | `config file FILE:3: not valid YAML: expected ',' or ']', ...` | 2 |
 | config file: missing | `config file FILE does not exist` | 2 |
 | config file: a directory | `config file DIR is a directory, not a YAML file` | 2 |
-| split without a file | `custom task: no file for split 'validation'; set task option validation_path` | 2 |
+| split without a file | `custom task: no file for split 'validation'; the custom task has splits 'train' (task option train_path) and 'test' (task option test_path; --data sets it)` | 2 |
 | data: missing file | `data file FILE does not exist` | 2 |
 | data: missing train file (train) | `data file FILE does not exist` | 2 |
 | data: empty file (a split with 0 problems) | `task 'custom' split 'test': no problems to evaluate or train on: FILE holds no rows` | 2 |

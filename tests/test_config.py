@@ -33,6 +33,33 @@ def test_cross_field_validation_names_the_key():
         cfg.validate()
 
 
+def test_a_key_repeated_in_a_yaml_mapping_is_refused_with_its_line(tmp_path):
+    bad = tmp_path / "twice.yaml"
+    bad.write_text("rollout: {max_new_tokens: 48}\neval: {limit: 2}\nrollout: {batch_size: 8}\n")
+    with pytest.raises(ValueError, match=r"twice.yaml:3: key 'rollout' appears twice"):
+        C.load_yaml(bad)
+    bad.write_text("eval:\n  limit: 2\n  limit: 200\n")
+    with pytest.raises(ValueError, match=r"twice.yaml:3: key 'limit' appears twice"):
+        C.load_yaml(bad)
+    bad.write_text("base: &b {limit: 2}\neval:\n  <<: *b\n  bootstrap: 0\n")  # merge keys still work
+    assert C.read_yaml(bad, "config file")["eval"] == {"limit": 2, "bootstrap": 0}
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_a_seed_numpy_and_torch_cannot_take_is_refused_up_front(seed):
+    cfg = C.Config()
+    cfg.run.seed = seed
+    with pytest.raises(ValueError, match=r"run.seed must be in \[0, 2\*\*32\)"):
+        cfg.validate()
+
+
+def test_output_dir_expands_the_home_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = C.Config()
+    cfg.run.output_dir = "~/runs/x"
+    assert cfg.validate().run.output_dir == str(tmp_path / "runs" / "x")
+
+
 def test_cli_overrides_apply_after_yaml():
     args = build_parser().parse_args(["train", "--config", str(CONFIGS / "demo.yaml"), "--optim.lr", "0.5",
                                       "--model.lora", "true", "--task", "custom", "--limit", "7"])

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from selfcorrect.cli import main
 
 
@@ -34,3 +36,36 @@ def test_demo_runs_on_one_thread_and_gives_the_threads_back(monkeypatch):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_demo_refuses_a_folder_holding_another_commands_run(tmp_path, capsys):
+    out = tmp_path / "my-training-run"
+    (out / "checkpoints" / "step-000002").mkdir(parents=True)
+    (out / "metrics.jsonl").write_text("{}\n")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    # the demo's recipe sets run.overwrite: a run it did not make is refused anyway, before any write
+    assert main(["demo", "--quick", "--output", str(out), "--run.progress", "false"]) == 2
+    assert "the demo did not make" in capsys.readouterr().err
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
+def test_demo_replaces_its_own_run_only_when_overwrite_is_on(tmp_path):
+    from selfcorrect.demo import DEMO_MARKER, claim_demo_folder
+
+    out = tmp_path / "demo"
+    claim_demo_folder(out, overwrite=False)  # an empty folder: claimed
+    assert (out / DEMO_MARKER).exists()
+    (out / "eval" / "base").mkdir(parents=True)
+    (out / "metrics.jsonl").write_text("{}\n")
+    claim_demo_folder(out, overwrite=True)
+    with pytest.raises(FileExistsError, match="already holds a demo run"):
+        claim_demo_folder(out, overwrite=False)  # refused before the base evaluation is rewritten
+    (out / DEMO_MARKER).unlink()
+    (out / "results.md").write_text("a demo from before the marker\n")
+    claim_demo_folder(out, overwrite=True)
+
+
+def test_demo_help_shows_the_demos_own_defaults(capsys):
+    assert main(["demo", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "[default: 'runs/demo']" in text and "[default: True]" in text

@@ -42,6 +42,24 @@ def test_cli_eval_on_a_local_model_folder_writes_records(saved_tiny, tmp_path, c
     assert len(records) == 1 and len(records[0].read_text().splitlines()) == 3
 
 
+def test_a_second_eval_into_the_same_folder_is_refused_unless_overwrite(saved_tiny, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["eval", "--model", str(saved_tiny), "--task", "custom", "--output", str(out),
+            "--task.options", json.dumps({"test_path": str(_echo_file(tmp_path)), "scorer": "exact"}),
+            "--rollout.max_new_tokens", "4", "--eval.bootstrap", "0", "--run.progress", "false"]
+    assert main(args) == 0
+    [folder] = (out / "eval").iterdir()
+    (folder / "scaling.json").write_text("{}")  # as an earlier run with --eval.scaling leaves it
+    first = (folder / "records.jsonl").read_text()
+    capsys.readouterr()
+    assert main(args + ["--limit", "2"]) == 2
+    assert "already holds an evaluation" in capsys.readouterr().err
+    assert (folder / "records.jsonl").read_text() == first
+    assert main(args + ["--limit", "2", "--run.overwrite", "true"]) == 0
+    assert len((folder / "records.jsonl").read_text().splitlines()) == 2
+    assert not (folder / "scaling.json").exists()  # the folder is replaced whole: nothing stale mixed in
+
+
 def test_evaluation_progress_in_a_log_is_one_plain_line(saved_tiny, capsys):
     tok = load_tokenizer(str(saved_tiny))
     model = load_policy(str(saved_tiny), torch.device("cpu"), torch.float32)

@@ -73,6 +73,18 @@ def test_three_attempts_train_attempt_two_then_three_in_stage_one(tmp_path, monk
     assert trainer.state["best_reward"] == max(m["reward_t3"] for m in history[1:])
 
 
+def test_resume_refuses_other_training_settings_and_takes_other_batching(tmp_path):
+    make_trainer(tiny_config(tmp_path)).train()
+    (tmp_path / "run" / "checkpoints" / "LATEST").write_text("step-000002")
+    changed = tiny_config(tmp_path)
+    changed.run.resume, changed.optim.lr, changed.run.seed = True, 0.5, 7
+    with pytest.raises(ValueError, match=r"trained with other settings \(optim.lr: 0.01 -> 0.5; run.seed"):
+        make_trainer(changed)
+    same = tiny_config(tmp_path)
+    same.run.resume, same.optim.micro_batch_size, same.run.save_every = True, 2, 1  # how, not what
+    assert make_trainer(same).state["step"] == 2
+
+
 def test_train_logs_metrics_and_saves_loadable_model(tmp_path):
     cfg = tiny_config(tmp_path)
     trainer = make_trainer(cfg)

@@ -233,3 +233,16 @@ def test_kill_campaign_with_three_kills(tmp_path):
                           text=True, timeout=TIMEOUT_S * 2, start_new_session=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "kills: 3, resumed: 3, identical_losses: true, leftover_temp_folders: 0" in proc.stdout
+
+
+@pytest.mark.parametrize("pointer", ["", "step-000001"], ids=["empty", "pruned-step"])
+def test_a_broken_latest_pointer_is_reported_and_no_checkpoint_is_deleted(tmp_path, pointer):
+    make_trainer(tiny_config(tmp_path)).train()  # checkpoints at steps 2 and 4
+    root = tmp_path / "run" / "checkpoints"
+    (root / "LATEST").write_text(pointer)
+    kept = sorted(p.name for p in root.glob("step-*"))
+    assert kept == ["step-000002", "step-000004"]
+    checkpoint.tidy(tmp_path / "run")
+    assert sorted(p.name for p in root.glob("step-*")) == kept
+    with pytest.raises(FileNotFoundError, match="missing or incomplete"):
+        checkpoint.latest(tmp_path / "run")

@@ -50,7 +50,7 @@ def train_method(cfg: Config, task, model=None, tokenizer=None) -> dict:
             rl_cfg.algo.stage2_steps = 0
         trainer = Trainer(rl_cfg, task, model=model, tokenizer=tokenizer)
         trainer.train()
-        steps = len(trainer.history)
+        steps = trainer.state["step"]  # all of the run's steps: a resumed run's history holds only its own
         spent = {"episodes_sampled": steps * cfg.optim.problems_per_step * cfg.rollout.samples_per_problem,
                  "gradient_updates": steps}
         if cfg.algo.stage2 == "star" and cfg.algo.stage2_steps:

@@ -4,15 +4,26 @@ import sys
 
 from .render import write_report
 
+PROG = "python -m selfcorrect.report"
+
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or args[0].startswith("-"):
-        print("usage: python -m selfcorrect.report COMPARE_DIR", file=sys.stderr)
+        print(f"usage: {PROG} COMPARE_DIR", file=sys.stderr)
         return 2
-    md_path, html_path = write_report(args[0])
+    try:
+        md_path, html_path = write_report(args[0])
+    except OSError as exc:  # a missing folder, or one the report cannot be written into: bad input, not a bug
+        print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
+        return 2
     print(f"wrote {md_path}\nwrote {html_path}")
     return 0
+
+
+def one_line(exc: BaseException) -> str:
+    """The message on one line, as the selfcorrect commands print their errors."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -257,6 +257,10 @@ def _mbpp_problem(row: dict, where: str, challenge: bool) -> Problem:
                    meta={"task_id": row["task_id"], "entry_point": exports[0]})
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not task id 1
+
+
 def _split_ids(splits_path: Path | None, split: str) -> set[int]:
     if splits_path is None:
         low, high = MBPP_RANGES[split]
@@ -265,14 +269,26 @@ def _split_ids(splits_path: Path | None, split: str) -> set[int]:
         spec = json.loads(splits_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"splits file {splits_path}: cannot read JSON ({exc})") from None
+    # The file is user-written: check its shape here, so a wrong one is a one-line error naming
+    # the file rather than an AttributeError / TypeError from deep inside the loader.
+    if not isinstance(spec, dict):
+        raise ValueError(f"{splits_path}: expected a JSON object of splits ({{\"test\": [task ids], ...}} "
+                         f"or {{\"ranges\": {{\"test\": [first, last]}}}}), got {type(spec).__name__}")
     if isinstance(spec.get(split), list):
         ids = spec[split]
-        if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        if not all(_is_int(i) for i in ids):
             raise ValueError(f"{splits_path}: key {split!r} must be a list of task ids")
         return set(ids)
     ranges = spec.get("ranges", {})
-    if isinstance(ranges.get(split), list) and len(ranges[split]) == 2:
-        low, high = ranges[split]
+    if not isinstance(ranges, dict):
+        raise ValueError(f"{splits_path}: 'ranges' must be an object of split -> [first, last], "
+                         f"got {type(ranges).__name__}")
+    if split in ranges:
+        bounds = ranges[split]
+        if not (isinstance(bounds, list) and len(bounds) == 2 and all(_is_int(b) for b in bounds)):
+            raise ValueError(f"{splits_path}: 'ranges'.{split} must be two integer task ids [first, last], "
+                             f"got {bounds!r:.60}")
+        low, high = bounds
         return set(range(low, high + 1))
     raise ValueError(f"{splits_path}: no split {split!r} (expected key {split!r} with a list of "
                      f"task ids, or 'ranges'.{split} = [first, last])")

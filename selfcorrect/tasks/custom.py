@@ -29,6 +29,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import math
 import numbers
 import re
 from collections import Counter
@@ -63,6 +64,19 @@ def _last_number(problem: Problem, response: str) -> Verdict:
 
 
 BUILTIN_SCORERS = {"exact": _exact, "last_number": _last_number}
+
+
+def _require_number(value: Any, field: str, where: str) -> None:
+    """last_number compares float(reference): a reference that is not a finite number would make
+    every check of the problem a verifier error, so refuse it at load with the line named."""
+    try:
+        ok = not isinstance(value, bool) and math.isfinite(float(value))
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int past float range
+        ok = False
+    if not ok:
+        raise ValueError(f"{where}: field {field!r} must be a number for scorer last_number, got "
+                         f"{type(value).__name__} {value!r:.60}")
+
 
 OPTIONS = (
     Option("train_path", "path", None, "JSONL file of the train split", nullable=True),
@@ -189,7 +203,11 @@ class CustomTask(Task):
             load_scorer(self.scorer)  # fail now, with the scorer named, if it cannot be imported
 
     def load(self, split: str) -> list[Problem]:
-        path = self.paths.get(split)
+        if split not in self.paths:
+            # only train_path / test_path exist as options: never point at a '<split>_path' option
+            raise ValueError(f"custom task: no file for split {split!r}; the custom task has splits 'train' "
+                             f"(task option train_path) and 'test' (task option test_path; --data sets it)")
+        path = self.paths[split]
         if not path:
             raise ValueError(f"custom task: no file for split {split!r}; set task option {split}_path")
         question, answer, ident = self.fields
@@ -197,6 +215,8 @@ class CustomTask(Task):
         first_line: dict[str, int] = {}  # id -> the line that first used it
         for number, row in read_rows(path):
             require_fields(row, (question, answer), f"{path}:{number}")
+            if self.scorer == "last_number":
+                _require_number(row[answer], answer, f"{path}:{number}")
             if not isinstance(row[question], (str, int, float)) or isinstance(row[question], bool):
                 raise ValueError(f"{path}:{number}: field {question!r} must be text, got "
                                  f"{type(row[question]).__name__} {row[question]!r:.60}")
@@ -212,7 +232,8 @@ class CustomTask(Task):
                 text = self.prompt.format(**row)
             except KeyError as exc:
                 raise ValueError(f"{path}:{number}: prompt template needs field {exc.args[0]!r}") from None
-            except (IndexError, ValueError) as exc:
+            except (IndexError, ValueError, AttributeError, TypeError) as exc:
+                # {info.lvl} on a dict, {answer[0]} on a number, {0}, "{" ...: all the template's fault
                 raise ValueError(f"{path}:{number}: prompt template {self.prompt!r} is malformed: {exc}") from None
             meta = {k: v for k, v in row.items() if k not in (answer,)}
             problems.append(Problem(id=str(ident_value), question=text, reference=row[answer], meta=meta))
@@ -272,8 +293,9 @@ class CustomTask(Task):
         self.stats.update(v.reason for v in verdicts)
         failed = Counter(v.reason for v in verdicts if v.reward is None)
         if failed:
-            logger.warning("task custom: %d of %d responses could not be scored by %s (%s); they are excluded, "
-                           "not scored 0", sum(failed.values()), len(verdicts), self.scorer, dict(failed))
+            logger.warning("task custom: %d of %d responses could not be scored by %s (%s); they are excluded "
+                           "from training and count as not correct in evaluation (n_verifier_failed)",
+                           sum(failed.values()), len(verdicts), self.scorer, dict(failed))
 
     def close(self) -> None:
         """Stop the scorer's worker processes (a later score starts new ones). Safe to call twice."""

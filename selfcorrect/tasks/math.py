@@ -294,7 +294,8 @@ class MathTask(Task):
             self.stats[v.reason] += 1
         self.stats["checks"] += len(verdicts)
         if failed:
-            logger.warning("task %s: %d of %d answers could not be verified (%s); they are excluded, not scored 0",
+            logger.warning("task %s: %d of %d answers could not be verified (%s); they are excluded from training "
+                           "and count as not correct in evaluation (n_verifier_failed)",
                            self.name, sum(failed.values()), len(verdicts), dict(failed))
         return verdicts  # type: ignore[return-value]  # every slot is filled
 
