@@ -167,3 +167,14 @@ def test_a_missing_folder_is_an_error_but_an_empty_one_is_not(tmp_path):
         collect(tmp_path / "nowhere")
     comparison = collect(tmp_path)
     assert comparison.methods == [] and comparison.pending() == []
+
+
+def test_scaling_is_read_from_the_eval_label_folder_that_selfcorrect_eval_writes(tmp_path):
+    root = tmp_path / "cmp"
+    (root / "score" / "seed-0" / "eval" / "SCoRe").mkdir(parents=True)
+    (root / "compare.yaml").write_text("methods: [score]\nseeds: [0]\n")
+    folder = root / "score" / "seed-0" / "eval" / "SCoRe"
+    (folder / "metrics.json").write_text(json.dumps({"metrics": {"n": 2, "acc_t1": 0.5}, "intervals": {}}))
+    (folder / "scaling.json").write_text(json.dumps(scaling_result(0.0)))
+    [run] = collect(root).methods[0].runs
+    assert run.metrics["acc_t1"] == 0.5 and run.scaling == scaling_result(0.0)

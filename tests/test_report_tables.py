@@ -102,3 +102,17 @@ def test_a_skipped_method_is_not_applicable_not_pending(tmp_path):
     comparison = collect(tmp_path / "cmp")
     assert comparison.pending() == []
     assert summary_table(comparison).rows[0][1:3] == ["n/a", "n/a"]
+
+
+def test_a_metric_only_one_of_several_seeds_has_shows_that_seed_not_a_crash(tmp_path):
+    import json
+
+    root = make_comparison(tmp_path / "cmp")
+    for seed in (1, 2):  # e.g. a NaN the collector dropped
+        path = root / "score" / f"seed-{seed}" / "eval" / "metrics.json"
+        data = json.loads(path.read_text())
+        del data["metrics"]["delta_c_to_i"]
+        path.write_text(json.dumps(data))
+    score = row_of(summary_table(collect(root)), "SCoRe")
+    assert score["Δc→i"].startswith("2.0 [") and score["Δc→i"].endswith("(1 seed)")
+    assert score["Δi→c"] == "8.0 ± 2.0"

@@ -211,3 +211,14 @@ def test_eval_method_self_refine_refuses_the_demo_task_before_loading_a_model(mo
     cfg.eval.method, cfg.eval.limit = "self_refine", 3
     with pytest.raises(ValueError, match="never taught a feedback format"):
         evaluate_config(cfg)
+
+
+@pytest.mark.parametrize("feedback, says", [
+    ("Everything checks out. ALL CORRECT", True), ('Fine.\n**"ALL CORRECT".**\n', True),
+    ('The answer is wrong. I cannot write "ALL CORRECT" here.', False),
+    ('If the answer is fully correct, end your feedback with "ALL CORRECT". The sum in step 1 is wrong.', False),
+    ("all correct", False)])
+def test_only_feedback_that_ends_with_the_marker_stops_the_round(feedback, says):
+    from selfcorrect.methods.self_refine import feedback_says_correct
+
+    assert feedback_says_correct(feedback, "ALL CORRECT") is says

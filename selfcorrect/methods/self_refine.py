@@ -44,8 +44,11 @@ def self_refine_prompts(task: Task, *, feedback_prompt: str | None = None, refin
 
 
 def feedback_says_correct(feedback: str, marker: str) -> bool:
-    """Whether the feedback stops the round: it contains `marker` (case-sensitive)."""
-    return marker in feedback
+    """Whether the feedback stops the round: it ENDS with `marker` (case-sensitive), as the
+    feedback prompt asks ("end your feedback with ..."), ignoring trailing spaces, quotes,
+    punctuation and markdown emphasis. Anywhere else the marker is no verdict: a critique that
+    quotes the instruction, or says an answer is "not ALL CORRECT" mid-text, would end the round."""
+    return feedback.rstrip(" \t\n\"'.!*`_").endswith(marker)
 
 
 def check_applicable(task: Task) -> None:

@@ -186,8 +186,8 @@ def read_run(method: str, folder: Path) -> Run:
     run.records_path = _eval_file(folder, "records.jsonl")
     if run.records_path:
         run.outcomes = read_outcomes(_read_jsonl(run.records_path, run.notes))
-    scaling_path = folder / "scaling.json"
-    scaling = _read_json(scaling_path if scaling_path.is_file() else folder / "eval" / "scaling.json", run.notes)
+    scaling_path = folder / "scaling.json" if (folder / "scaling.json").is_file() else _eval_file(folder, "scaling.json")
+    scaling = _read_json(scaling_path, run.notes) if scaling_path else None
     run.scaling = scaling if isinstance(scaling, dict) else None
     return run
 

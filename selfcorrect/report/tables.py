@@ -96,8 +96,10 @@ def _over_seeds(runs: list[Run], key: str) -> str:
     values = [run.metrics[key] for run in runs if key in run.metrics]
     if not values:
         return MISSING
-    if len(runs) == 1:
-        return _with_interval(runs[0], key)
+    if len(values) == 1:  # one seed, or only one of several has this metric (a NaN dropped)
+        [run] = [r for r in runs if key in r.metrics]
+        cell = _with_interval(run, key)
+        return cell if len(runs) == 1 else f"{cell} (1 seed)"
     mean, sd = mean_sd(values)
     cell = f"{percent(mean, key in SIGNED)} ± {percent(sd)}"
     return cell if len(values) == len(runs) else f"{cell} ({len(values)} seeds)"
