@@ -295,3 +295,24 @@ def test_every_math500_reference_verifies_against_itself(shared_data, pool):
     results = pool.map(ma.sympy_equivalent, list(zip(golds, extracted)), deadline_s=30)
     failures = [(g, r.error or r.value, r.detail) for g, r in zip(golds, results) if not (r.ok and r.value is True)]
     assert failures == []
+
+
+@pytest.mark.parametrize("response", ["So the value is \\boxed{2^\\", "The final answer is $2^\\", "\\boxed{x^\\\n2}"])
+def test_an_answer_cut_off_after_a_caret_and_backslash_is_checked_not_a_crash(response):
+    answer = ma.extract_answer(response)
+    ma.reject_reason(answer)  # raised AttributeError: the whole run stopped on one truncated sample
+    assert ma.quick_compare("8", answer) in (False, None)
+
+
+def test_a_solutions_reference_is_its_last_box_even_after_final_answer_prose():
+    solution = ("Order matters here; the final answer is the same if we assume the opposite.\n"
+                "Counting gives $\\boxed{17}$.")
+    assert ma.reference_from_solution(solution) == "17"
+    assert ma.reference_from_solution("no box here") is None
+
+
+@pytest.mark.parametrize("gold, answer, same", [
+    ("5", "5 apples", True), ("12", "12 dollars.", True), ("5", "5 thousand", False), ("3", "3 pi", False),
+    ("3", "3 squared", False), ("2", "2 dozen", False), ("5", "5 or more", False)])
+def test_unit_words_go_but_words_that_change_the_value_stay(gold, answer, same):
+    assert (ma._strip_unit_words(gold, answer) == gold) is same

@@ -226,7 +226,7 @@ class MathTask(Task):
         if "answer" in row and row["answer"] is not None:
             answer = _field(row, "answer", where).strip()
         elif "solution" in row:  # Hendrycks-style rows: the answer is the solution's last box
-            answer = math_answers.extract_answer(_field(row, "solution", where)) or ""
+            answer = math_answers.reference_from_solution(_field(row, "solution", where)) or ""
         else:
             raise ValueError(f"{where}: missing field 'answer' (and no 'solution' to take it from; "
                              f"fields present: {sorted(row)})")

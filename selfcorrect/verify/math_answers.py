@@ -161,6 +161,15 @@ def extract_answer(response: str) -> str | None:
     return None
 
 
+def reference_from_solution(solution: str) -> str | None:
+    """A Hendrycks-style solution's reference answer: its last \\boxed{} (the dataset's
+    convention), cleaned; None without one. Not extract_answer, whose "final answer is" rule
+    is for model responses: solutions use that phrase in prose ("the final answer is the same
+    if ...")."""
+    boxed = _boxed_content(solution)
+    return (_clean(boxed) or None) if boxed is not None else None
+
+
 def gsm8k_reference(solution: str) -> str | None:
     """The number after "####" in a GSM8K solution, thousands commas removed, else None."""
     found = _HASHES.findall(solution)
@@ -227,7 +236,9 @@ def _exponent_after(s: str, caret: int) -> tuple[str, int]:
     if i < len(s) and s[i] == "{":
         end = _match_braces(s, i) or len(s)
     elif i < len(s) and s[i] == "\\":
-        end = (re.match(r"\\[A-Za-z]+", s[i:]) or re.match(r"\\.", s[i:])).end() + i
+        # a command, an escaped character, or a lone backslash at the end of a cut-off answer
+        command = re.match(r"\\[A-Za-z]+", s[i:]) or re.match(r"\\.", s[i:], re.S)
+        end = i + (command.end() if command else 1)
     elif i < len(s) and s[i].isdigit():  # latex2sympy reads 10^10 as 10^{10}
         end = re.match(r"\d+", s[i:]).end() + i
     else:
@@ -567,11 +578,18 @@ def quick_compare(gold: str, candidate: str) -> bool | None:
     return None
 
 
+#: words after a number that change its value or hedge it: never stripped as units
+_VALUE_WORDS = frozenset("""hundred hundreds thousand thousands million millions billion billions trillion
+    trillions dozen dozens score pi squared cubed or and more less fewer plus minus times over half""".split())
+
+
 def _strip_unit_words(gold: str, candidate: str) -> str:
-    """'5 apples' -> '5' when the reference is a plain number (GSM8K-style answers)."""
+    """'5 apples' -> '5' when the reference is a plain number (GSM8K-style answers); '5 thousand',
+    '3 pi' or '5 or more' keep their words (_VALUE_WORDS), so they are not read as 5 or 3."""
     if _PLAIN_NUMBER.fullmatch(gold.strip()):
         match = _NUMBER_THEN_WORDS.fullmatch(candidate.strip())
-        if match:
+        words = candidate.strip()[match.end(1):].lower().replace(".", " ").split() if match else []
+        if match and not _VALUE_WORDS.intersection(words):
             return match.group(1)
     return candidate
 
