@@ -316,3 +316,12 @@ def test_a_solutions_reference_is_its_last_box_even_after_final_answer_prose():
     ("3", "3 squared", False), ("2", "2 dozen", False), ("5", "5 or more", False)])
 def test_unit_words_go_but_words_that_change_the_value_stay(gold, answer, same):
     assert (ma._strip_unit_words(gold, answer) == gold) is same
+
+
+@pytest.mark.parametrize("response, answer", [
+    ("Final Answer:\n$5$", "5"), ("The final answer is:\n\n$$\\frac{1}{2}$$", "\\frac{1}{2}"),
+    ("The final answer is **5**.", "5"), ("**Final Answer**: 12", "12"), ("Final answer: **-3**", "-3"),
+    ("The final answer is obtained by adding both parts.\nSo the total is \\boxed{12}.", "12"),
+    ("x; final answer: 2**3", "2**3"), ("Final Answer: The final answer is $7$. I hope it is correct.", "7")])
+def test_common_final_answer_phrasings(response, answer):
+    assert ma.extract_answer(response) == answer

@@ -65,7 +65,7 @@ MAX_EXACT_BITS = 100_000
 
 # ----------------------------------------------------------------------------- extraction
 
-_FINAL_ANSWER = re.compile(r"final\s+answer\s*(?:is\b|:)", re.IGNORECASE)
+_FINAL_ANSWER = re.compile(r"final\s+answer(?:\*\*|__)?\s*(?:is\b|:)", re.IGNORECASE)  # "**Final Answer**:"
 _BOXED = re.compile(r"\\(?:boxed|fbox)\b")
 _HASHES = re.compile(r"^[ \t]*####[ \t]*(.*)$", re.MULTILINE)
 _HOPE = re.compile(r"\.?\s*I hope it is correct.*$", re.IGNORECASE | re.DOTALL)
@@ -110,7 +110,9 @@ def _boxed_content(text: str) -> str | None:
 def _math_span(text: str) -> str:
     """The answer right after "final answer is": a $...$, $$...$$, \\(...\\) or \\[...\\] span
     if it starts with one, else the rest of the line up to "I hope it is correct"."""
-    text = text.lstrip(" \t:")
+    text = text.lstrip(" \t:*_")
+    if text.startswith("\n"):  # "Final Answer:" alone on its line: the answer is on the next one
+        text = text.lstrip()
     for opener, closer in (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)")):
         if text.startswith(opener):
             close = text.find(closer, len(opener))
@@ -135,6 +137,10 @@ def _clean(answer: str) -> str:
         if answer.startswith(opener) and answer.endswith(closer) and len(answer) >= len(opener) + len(closer):
             answer = answer[len(opener) : len(answer) - len(closer)].strip()
     answer = answer.replace("\\displaystyle", "").strip()
+    for emphasis in ("**", "__"):  # markdown bold: "is **5**." (the span already lost the opening pair)
+        body = answer.rstrip(".")
+        if body.endswith(emphasis) and emphasis not in body[:-2].lstrip("*_"):
+            answer = body[:-2].lstrip("*_").strip()
     # Trailing sentence punctuation goes, LaTeX spacing (\, \;) stays. An index walk, not a
     # regex or repeated slicing, so a response ending in 10^6 dots stays linear.
     end = len(answer)
@@ -147,8 +153,11 @@ def extract_answer(response: str) -> str | None:
     """The final answer of a response, or None when it gives none (see module docstring)."""
     finals = list(_FINAL_ANSWER.finditer(response))
     if finals:
-        span = _math_span(response[finals[-1].end() :])
+        after = response[finals[-1].end() :]
+        span = _math_span(after)
+        # a box in the span, else a box later on ("the final answer is found by ... so \\boxed{12}")
         boxed = _boxed_content(span)
+        boxed = boxed if boxed is not None else _boxed_content(after)
         answer = _clean(boxed if boxed is not None else span)
         if answer:
             return answer
