@@ -1,8 +1,10 @@
 """Writing folders and small files so that a crash never leaves a half-written one in place.
 
-Temporary names are `.NAME.tmp-XXXX` (being written) and `.NAME.old-XXXX` (a replaced folder
-being deleted): a kill -9 can leave one behind, and `remove_temporaries` (run at start-up, under
-the run lock) recognises and deletes exactly those."""
+Temporary names are `.NAME.sc-tmp-XXXXXXXX` (a folder being written), `.NAME.sc-tmp` (a file
+being written) and `.NAME.sc-old-XXXXXXXX` (a replaced folder being deleted): a kill -9 can leave
+one behind, and `remove_temporaries` (run at start-up, under the run lock) recognises and deletes
+exactly those. The `sc-` and mkdtemp's eight random characters keep a user's own hidden
+`.env.old` or `.data.tmp` in an output folder out of that match."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-TEMPORARY = re.compile(r"\..+\.(tmp|old)(-\w+)?")
+TEMPORARY = re.compile(r"\..+\.sc-(?:tmp|old)(?:-[a-z0-9_]{8})?")
 
 
 def fsync_dir(folder: Path) -> None:
@@ -34,7 +36,7 @@ def atomic_folder(target: Path):
     full disk), `target` is untouched and the temporary folder removed."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.sc-tmp-", dir=target.parent))
     retired = None
     try:
         yield tmp
@@ -42,29 +44,34 @@ def atomic_folder(target: Path):
             if path.is_file():
                 with open(path, "rb") as fh:
                     os.fsync(fh.fileno())
+        # the names of files and sub-folders live in their folders: fsync those too, deepest first
+        for folder in sorted((p for p in tmp.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            fsync_dir(folder)
+        fsync_dir(tmp)
         if target.exists():
             # os.replace cannot move a folder onto a non-empty one: retire the old one first
-            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, retired / "old")
-            try:
-                os.replace(tmp, target)
-            except BaseException:
-                os.replace(retired / "old", target)
-                raise
-        else:
+            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.sc-old-", dir=target.parent))
+        try:
+            if retired is not None:
+                os.replace(target, retired / "old")
             os.replace(tmp, target)
+        finally:
+            # whatever interrupted the two renames (an error, a signal's exception between them),
+            # the target is never left missing while a copy of it exists
+            if not target.exists() and retired is not None and (retired / "old").exists():
+                os.replace(retired / "old", target)
         fsync_dir(target.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-        if retired is not None:
+        if retired is not None and target.exists():
             shutil.rmtree(retired, ignore_errors=True)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Replace `path` with `text` in one rename, after an fsync; nothing is left on failure."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.sc-tmp")
     try:
         with open(tmp, "w") as fh:
             fh.write(text)

@@ -262,7 +262,13 @@ def broadcast_object(obj: Any) -> Any:
 
 # ------------------------------------------------------------------------------ rank 0 does, all agree
 
-_ERRORS = {"ValueError": ValueError, "FileNotFoundError": FileNotFoundError, "FileExistsError": FileExistsError}
+def _passed_on() -> dict[str, type]:
+    """The errors every rank re-raises as themselves (the CLI reports them in one line, exit 2):
+    bad input, and the training faults rank 0 meets alone (a full disk while checkpointing)."""
+    from .faults import CheckpointWriteError, NonFiniteTraining, RunLocked
+
+    return {cls.__name__: cls for cls in (ValueError, FileNotFoundError, FileExistsError, RunLocked,
+                                          CheckpointWriteError, NonFiniteTraining)}
 
 
 def on_main(fn: Callable[[], Any]) -> Any:
@@ -275,15 +281,16 @@ def on_main(fn: Callable[[], Any]) -> Any:
     if is_main():
         try:
             outcome = ("ok", fn())
-        except tuple(_ERRORS.values()) as exc:
-            outcome = (type(exc).__name__, str(exc))
+        except tuple(_passed_on().values()) as exc:
+            # the most specific known class: a CheckpointWriteError is an OSError, a RunLocked a FileExistsError
+            outcome = (next(c.__name__ for c in type(exc).__mro__ if c.__name__ in _passed_on()), str(exc))
         except BaseException as exc:  # still tell the others before failing, so nobody waits
             broadcast_object(("RuntimeError", f"rank 0 failed: {type(exc).__name__}: {exc}"))
             raise
     kind, value = broadcast_object(outcome)
     if kind == "ok":
         return value
-    raise _ERRORS.get(kind, RuntimeError)(value)
+    raise _passed_on().get(kind, RuntimeError)(value)
 
 
 def main_first(fn: Callable[[], Any]) -> Any:

@@ -164,6 +164,22 @@ def scenario_fsdp_bf16(out: Path) -> dict:
     return {"history": trainer.train(), "reference_dtypes": dtypes}
 
 
+def scenario_on_main_errors(out: Path) -> dict:
+    """Errors rank 0 meets alone in distributed.on_main, as every rank then sees them."""
+    from selfcorrect.faults import CheckpointWriteError, RunLocked
+
+    distributed.init(60.0, cuda=False)
+    seen = []
+    for error in (CheckpointWriteError("disk full"), RunLocked("held"), ValueError("bad"), KeyError("odd")):
+        def fail(error=error):
+            raise error
+        try:
+            distributed.on_main(fail)
+        except BaseException as got:  # noqa: BLE001 (recorded, compared by the test)
+            seen.append(type(got).__name__)
+    return {"seen": seen}
+
+
 def main() -> None:
     name, out = sys.argv[1], Path(sys.argv[2])
     torch.set_num_threads(1)

@@ -275,3 +275,11 @@ def test_exit_process_keeps_what_a_normal_exit_does(tmp_path, joined):
     assert done.stdout == "buffered, no newline"
     assert (tmp_path / "atexit").read_text() == "ran"
     assert (tmp_path / "thread").read_text() == "done"
+
+
+def test_rank_zeros_training_faults_reach_every_rank_as_themselves(tmp_path):
+    run_worker("on_main_errors", tmp_path)
+    r0, r1 = load_ranks(tmp_path)
+    # the CLI reports these in one line (exit 2) on every rank; anything else is a RuntimeError there
+    assert r0["seen"][:3] == r1["seen"][:3] == ["CheckpointWriteError", "RunLocked", "ValueError"]
+    assert r0["seen"][3] == "KeyError" and r1["seen"][3] == "RuntimeError"
