@@ -11,6 +11,7 @@ same folder, non-finite numbers. (Disk-full and kill -9 safety live in atomic.py
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -155,6 +156,8 @@ def acquire_lock(run_dir: Path) -> dict:
         finally:
             tmp.unlink(missing_ok=True)
         owner = read_lock(path)
+        if not owner and not path.exists():  # released between our link and our read: try again
+            continue
         same_process = owner.get("pid") == mine["pid"] and owner.get("host") == mine["host"]
         alive = owner_alive(owner) if owner else False
         if alive is not False and not same_process:
@@ -165,8 +168,23 @@ def acquire_lock(run_dir: Path) -> dict:
         if not same_process:  # an earlier Trainer of this same process may leave its lock behind
             warnings.warn(f"{path}: taking over a stale lock of pid {owner.get('pid')} on "
                           f"{owner.get('host')}, which is no longer running", RuntimeWarning, stacklevel=2)
-        path.unlink(missing_ok=True)
+        _remove_if_still(path, owner, mine["token"])
     raise RunLocked(f"{path}: could not take the lock (another run keeps taking it)")
+
+
+def _remove_if_still(path: Path, owner: dict, token: str) -> None:
+    """Remove the lock at `path` only if it still holds `owner`'s record. Another starter may have
+    taken the stale lock over and linked its own since `owner` was read: the file is moved aside
+    in one rename, checked, and a newer holder's lock is put back instead of deleted."""
+    aside = path.with_name(f"{LOCK_NAME}-{token}.stale")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:  # someone else removed it first
+        return
+    if read_lock(aside) != owner:
+        with contextlib.suppress(FileExistsError):
+            os.link(aside, path)  # a live holder's lock: back in place
+    aside.unlink(missing_ok=True)
 
 
 def release_lock(run_dir: Path, record: dict | None) -> None:

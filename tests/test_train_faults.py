@@ -190,6 +190,38 @@ def test_a_stale_lock_is_taken_over_with_a_warning_and_locks_are_released(tmp_pa
     assert acquire_lock(run)["pid"] == os.getpid()
 
 
+def test_a_stale_lock_taken_over_by_another_starter_first_is_not_removed(tmp_path, monkeypatch):
+    """Two starters judge the same dead owner's lock stale; the first links its own lock in
+    before the second removes 'the stale one': the second must put it back and refuse."""
+    import socket
+    import warnings as warnings_module
+
+    from selfcorrect import faults
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(timeout=60)
+    lock = tmp_path / LOCK_NAME
+    lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        first = {"pid": other.pid, "host": socket.gethostname(), "started": faults.process_start_time(other.pid),
+                 "since": "now", "token": "first-starter"}
+
+        def the_other_starter_wins(*args, **kwargs):  # runs between our judgement and our removal
+            lock.unlink()
+            lock.write_text(json.dumps(first))
+
+        monkeypatch.setattr(faults.warnings, "warn", the_other_starter_wins)
+        with pytest.raises(RunLocked, match=f"pid {other.pid}"):
+            acquire_lock(tmp_path)
+        assert json.loads(lock.read_text())["token"] == "first-starter"
+        assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_NAME]
+    finally:
+        monkeypatch.setattr(faults.warnings, "warn", warnings_module.warn)
+        other.kill()
+        other.wait(timeout=30)
+
+
 def full_disk_after(calls: int):
     """A safetensors writer that writes half a file, then fails with ENOSPC, from call `calls` on."""
     count = {"n": 0}
