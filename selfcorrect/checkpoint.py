@@ -109,7 +109,7 @@ def tidy(run_dir: Path) -> list[Path]:
     current = pointer.read_text().strip() if pointer.exists() else ""
     # only a pointer to a complete checkpoint says what is newer: an empty or hand-edited one
     # (a pruned step) would make every checkpoint look newer; latest() then reports it instead
-    if current and (root / current / "state.json").exists():
+    if current and is_complete(root / current):
         for folder in sorted(root.glob("step-*")):
             if folder.is_dir() and folder.name > current:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -127,14 +127,19 @@ def check(folder: Path) -> dict:
     return read_state(folder)
 
 
+def is_complete(folder: Path) -> bool:
+    """Whether `folder` is a whole checkpoint: state.json is written last, inside the atomic folder."""
+    return (folder / "state.json").exists()
+
+
 def latest(run_dir: Path) -> Path | None:
     pointer = run_dir / "checkpoints" / LATEST
     if not pointer.exists():
         return None
     name = pointer.read_text().strip()
     folder = run_dir / "checkpoints" / name
-    if not name or not (folder / "state.json").exists():
-        present = sorted(p.name for p in folder.parent.glob("step-*") if (p / "state.json").exists())
+    if not name or not is_complete(folder):
+        present = sorted(p.name for p in folder.parent.glob("step-*") if is_complete(p))
         raise FileNotFoundError(f"{pointer} names {name or 'nothing'}, which is missing or incomplete "
                                 f"(complete checkpoints here: {', '.join(present) or 'none'}; write one "
                                 f"of their names into it to resume from there)")

@@ -78,7 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
         defaults = command_defaults(name)
         for key, f in C.iter_fields():
             section, _, field_name = key.partition(".")
-
             default = getattr(getattr(defaults, section), field_name)
             extra = f" (one of {', '.join(f.metadata['choices'])})" if f.metadata.get("choices") else ""
             sub.add_argument(f"--{key}", dest=key, metavar=f.type.upper() if isinstance(f.type, str) else "V",

@@ -37,7 +37,7 @@ from pathlib import Path
 import yaml
 
 from .atomic import temporaries, write_text_atomic
-from .config import Config, from_dict, load_yaml, read_yaml, save_yaml, to_dict
+from .config import Config, changed_settings, flat_settings, from_dict, load_yaml, read_yaml, save_yaml, to_dict
 
 #: method name -> (display label, config overrides). "base" and "self_refine" train nothing.
 METHODS: dict[str, tuple[str, dict]] = {
@@ -268,16 +268,11 @@ def settings_differences(recorded: dict, wanted: dict, *, trains: bool = True) -
     (`trains` False: the training sections cannot). Only keys both sides have are compared: a
     field added or removed by another version of selfcorrect is no change the user made."""
     out = []
-    for section, values in wanted.items():
-        old_values = recorded.get(section)
-        if not isinstance(values, dict) or not isinstance(old_values, dict):
-            continue
-        if not trains and section in TRAINING_SECTIONS:
-            continue
-        for key, new in values.items():
-            dotted = f"{section}.{key}"
-            if dotted not in SETTINGS_IGNORED and key in old_values and old_values[key] != new:
-                out.append(f"{dotted}: {old_values[key]!r:.40} -> {new!r:.40}")
+    for key, old, new in changed_settings(flat_settings(recorded), flat_settings(wanted)):
+        section, dotted, _ = key.partition(".")
+        if not dotted or key in SETTINGS_IGNORED or (not trains and section in TRAINING_SECTIONS):
+            continue  # no section (a damaged record), bookkeeping, or training settings of no training
+        out.append(f"{key}: {old!r:.40} -> {new!r:.40}")
     return out
 
 
@@ -406,7 +401,7 @@ def run_comparison(c: Comparison, *, stream=None) -> tuple[Path, Path]:
     c.output_dir.mkdir(parents=True, exist_ok=True)
     (c.output_dir / "compare.yaml").write_text(yaml.safe_dump(
         {**c.raw, "title": c.title, "seeds": c.seeds, "quick": c.quick, "methods": list(c.methods),
-         "scaling": c.scaling, "resolved_base": _plain(c.base)}, sort_keys=False))
+         "scaling": c.scaling, "resolved_base": to_dict(c.base)}, sort_keys=False))
     units = [(m, s) for s in c.seeds for m in c.methods]
     todo = [u for u in units if not is_finished(c, *u)]
     print(f"compare: {len(units)} runs ({len(units) - len(todo)} already finished) -> {c.output_dir}",
@@ -427,10 +422,6 @@ def run_comparison(c: Comparison, *, stream=None) -> tuple[Path, Path]:
 def _headline(c: Comparison, method: str, seed: int) -> str:
     m = json.loads((unit_dir(c, method, seed) / "eval" / "metrics.json").read_text())["metrics"]
     return f"Acc@t1 {m['acc_t1']:.1%}  Acc@t2 {m['acc_t2']:.1%}  Δ {m['delta']:+.1%}"
-
-
-def _plain(cfg: Config) -> dict:
-    return to_dict(cfg)
 
 
 def methods_help() -> str:

@@ -371,6 +371,25 @@ def yaml_error_where(exc: Exception) -> str:
     return f"{mark.line + 1}:" if mark is not None else ""
 
 
+def flat_settings(tree: dict) -> dict:
+    """{'section.key': value} of a nested config dict (to_dict's shape); task options stay one
+    dict value, and a top-level entry that is no section keeps its bare name."""
+    flat: dict = {}
+    for section, values in tree.items():
+        if isinstance(values, dict):
+            flat.update({f"{section}.{key}": value for key, value in values.items()})
+        else:
+            flat[section] = values
+    return flat
+
+
+def changed_settings(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
+    """(key, old value, new value) for each key both flat settings dicts hold with different
+    values, in `new`'s order. A key only one side has is no change the user made (a field that
+    another version of selfcorrect added or removed)."""
+    return [(key, old[key], value) for key, value in new.items() if key in old and old[key] != value]
+
+
 def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 

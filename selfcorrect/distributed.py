@@ -278,19 +278,20 @@ def on_main(fn: Callable[[], Any]) -> Any:
     if not active():
         return fn()
     outcome: tuple = ("ok", None)
+    known = _passed_on()
     if is_main():
         try:
             outcome = ("ok", fn())
-        except tuple(_passed_on().values()) as exc:
+        except tuple(known.values()) as exc:
             # the most specific known class: a CheckpointWriteError is an OSError, a RunLocked a FileExistsError
-            outcome = (next(c.__name__ for c in type(exc).__mro__ if c.__name__ in _passed_on()), str(exc))
+            outcome = (next(c.__name__ for c in type(exc).__mro__ if c.__name__ in known), str(exc))
         except BaseException as exc:  # still tell the others before failing, so nobody waits
             broadcast_object(("RuntimeError", f"rank 0 failed: {type(exc).__name__}: {exc}"))
             raise
     kind, value = broadcast_object(outcome)
     if kind == "ok":
         return value
-    raise _passed_on().get(kind, RuntimeError)(value)
+    raise known.get(kind, RuntimeError)(value)
 
 
 def main_first(fn: Callable[[], Any]) -> Any:

@@ -35,7 +35,7 @@ from . import checkpoint, distributed, losses, models
 from .atomic import write_text_atomic
 from .faults import NonFiniteTraining, StopSignals, TrainingStopped, acquire_lock, release_lock
 from .batches import micro_batches, token_logprobs
-from .config import Config, save_yaml, to_dict
+from .config import Config, changed_settings, flat_settings, save_yaml, to_dict
 from .metrics import edit_distance_ratio, self_correction_metrics
 from .optim import adamw, autocast, fp32_master_weights, lr_factor
 from .precision import fp32_logits, match_master_precision
@@ -617,23 +617,11 @@ def refuse_changed_settings(folder: Path, saved: dict | None, cfg: Config) -> No
     if saved is None:
         return
     new = json.loads(json.dumps(training_settings(cfg)))  # as the checkpoint's JSON holds it (lists, not tuples)
-    changed = [f"{key}: {saved[key]!r} -> {new[key]!r}" for key in sorted(saved.keys() & new.keys())
-               if saved[key] != new[key]]
+    changed = [f"{key}: {was!r} -> {now!r}" for key, was, now in sorted(changed_settings(saved, new))]
     if changed:
         raise ValueError(f"--resume: {folder} was trained with other settings ({'; '.join(changed[:4])}"
                          f"{'; ...' if len(changed) > 4 else ''}); resume with the run's own settings "
                          f"(its config.yaml), or start a new run in another --output")
-
-
-def flat_settings(tree: dict, prefix: str = "") -> dict:
-    """{'section.key': value} of a nested config dict; task options stay one dict value."""
-    flat: dict = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and not prefix:
-            flat.update(flat_settings(value, f"{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
 
 
 def existing_run(run_dir: Path) -> list[Path]:

@@ -2,6 +2,7 @@
 
 import sys
 
+from ..cli import one_line
 from .render import write_report
 
 PROG = "python -m selfcorrect.report"
@@ -19,11 +20,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"wrote {md_path}\nwrote {html_path}")
     return 0
-
-
-def one_line(exc: BaseException) -> str:
-    """The message on one line, as the selfcorrect commands print their errors."""
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":
