@@ -42,6 +42,8 @@ class ChatFormat:
         self.eos_id = tokenizer.eos_token_id
         self.has_template = bool(getattr(tokenizer, "chat_template", None))
         self._between_cache: dict[str, list[int]] = {}
+        self._special_ids = set(tokenizer.all_special_ids) | {
+            i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(t, "special", False)}
         self.end_of_turn_id = self._template_end_of_turn()
         stops = {self.eos_id}
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -80,15 +82,14 @@ class ChatFormat:
             ids = self.encode(self._after_assistant([{"role": "user", "content": "q"}], "p"))
         except Exception:  # an unusual template: fall back to eos alone (between_ids will say more)
             return None
-        special = set(self.tok.all_special_ids) | {
-            i for i, t in getattr(self.tok, "added_tokens_decoder", {}).items() if getattr(t, "special", False)}
-        return ids[0] if ids and ids[0] in special else None
+        end = self._leading_end(ids, self._special_ids)
+        return None if end is None else ids[end]
 
     def between_ids(self, messages: list[dict], instruction: str) -> list[int]:
         """Ids that close an attempt and ask for the next one (end of turn, user: p, assistant:).
 
-        `join_ids` drops the leading end-of-turn token when the attempt already ended with a
-        stop token, so a row never holds two end markers."""
+        `join_ids` drops the leading end-of-turn token (and blanks before it) when the attempt
+        already ended with a stop token, so a row never holds two end markers."""
         if instruction in self._between_cache:
             return self._between_cache[instruction]
         if self.has_template:
@@ -99,10 +100,23 @@ class ChatFormat:
         return ids
 
     def join_ids(self, attempt: list[int], between: list[int]) -> list[int]:
-        """`between` without its leading end-of-turn token when the attempt already stopped."""
-        if attempt and attempt[-1] in self.stop_ids and between and between[0] in self.stop_ids:
-            return between[1:]
+        """`between` without its leading end-of-turn token (and the blanks before it) when the
+        attempt already stopped: the model's own stop token closes the turn."""
+        if attempt and attempt[-1] in self.stop_ids:
+            end = self._leading_end(between, self.stop_ids)
+            if end is not None:
+                return between[end + 1:]
         return between
+
+    def _leading_end(self, ids: list[int], ends) -> int | None:
+        """Index of the first of `ids` in `ends` when only blank tokens come before it (Llama 2's
+        template closes a turn with " </s>": a space token, then the end), or None."""
+        for i, token in enumerate(ids):
+            if token in ends:
+                return i
+            if self.tok.decode([token]).strip():
+                return None
+        return None
 
 
 @dataclass

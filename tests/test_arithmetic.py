@@ -100,6 +100,12 @@ def test_demo_scoring(response, reason, extracted):
     (7, "*", 5, "Answer: 35.5", 0.0),
     (9, "*", 9, 'I will write "Answer: N".\nAnswer: 81', 1.0),
     (9, "*", 9, 'Answer: N\n81', 1.0),             # marker without a number: fall back
+    (4, "+", 4, "Answer: 8 (4 + 4)", 1.0),          # a worked sum after the answer is not the answer
+    (4, "+", 4, "The correct answer is 8, not 7.", 1.0),
+    (4, "+", 4, "The correct answer is 7, not 8.", 0.0),
+    (9, "*", 0, "9 * 0 = N", 0.0),                  # restating the question answers nothing
+    (5, "-", 0, "5 - 0 is 5.", 1.0),
+    (7, "*", 5, "7 \u00d7 5 = 35", 1.0),
 ])
 def test_chat_scoring(a, op, b, response, reward):
     task = ArithmeticTask(digits=1, ops="+-*", style="chat")
@@ -129,6 +135,9 @@ def test_extractors_directly():
     assert last_integer("x=-12") == "-12"
     assert extract_chat_answer("The final answer is $12$. I hope it is correct.") == "12"
     assert extract_chat_answer("nothing") is None
+    assert extract_chat_answer("9 * 0 = N") is None and extract_chat_answer("Answer: 3 - 7") is None
+    assert extract_chat_answer("Answer: 7 * -5 = -35") == "-35"
+
 
 
 def test_problem_objects_are_stable():

@@ -175,3 +175,20 @@ def test_selective_log_softmax_gradient_with_temperature():
     ids = torch.randint(0, 7, (3, 4))
     assert torch.autograd.gradcheck(lambda x: selective_log_softmax(x, ids, chunk_rows=2, temperature=0.7),
                                     (logits,))
+
+
+def test_a_template_that_closes_turns_with_a_blank_then_eos_gets_one_end_marker():
+    """Llama 2's template renders an assistant turn as "answer </s>": the ids after the answer
+    start with a space token. An attempt that stopped at eos must not get a second eos."""
+    tok = tiny_tokenizer()
+    tok.chat_template = ("{% for m in messages %}{% if m['role'] == 'user' %}<|user|>{{ m['content'] }}<|assistant|>"
+                         "{% else %}{{ m['content'] }} <|end|>{% endif %}{% endfor %}")
+    fmt = ChatFormat(tok)
+    eos = tok.eos_token_id
+    assert fmt.end_of_turn_id == eos
+    between = fmt.between_ids([{"role": "user", "content": "q"}], "again")
+    assert tok.decode(between) == " <|end|><|user|>again<|assistant|>"
+    stopped = tok.encode("ab", add_special_tokens=False) + [eos]
+    assert tok.decode(stopped + fmt.join_ids(stopped, between)) == "ab<|end|><|user|>again<|assistant|>"
+    cut = tok.encode("ab", add_special_tokens=False)  # hit the length limit: the template's close stays
+    assert fmt.join_ids(cut, between) == between

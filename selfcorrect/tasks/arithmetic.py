@@ -10,7 +10,8 @@ Two prompt styles share the problems and the verifier:
   user "47+38", a short correction instruction, and the answer is the last integer written.
 - "chat": natural prompts for real instruct models ("What is 7 * 5? ..."), a correction
   instruction in the spirit of the paper's (it never says whether the first answer was right),
-  and the answer is taken from an "Answer: N" line, else the last "= N", else the last integer.
+  and the answer is taken from an "Answer: N" line, else the last "= N", else the last number
+  that is not an operand (extract_chat_answer says exactly how).
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ _CHAT_QUESTION = 'What is {a} {op} {b}? End your reply with the final answer in 
 _NUMBER = re.compile(r"(?:(?<![\w)\]])[-\u2212])?\d+(?:,\d{3})*(?:\.\d+)?")
 _ANSWER_MARK = re.compile(r"answer\s*(?:is)?\s*[:=]?", re.IGNORECASE)
 _EQUALS_NUMBER = re.compile(r"=\s*\$?\s*(" + _NUMBER.pattern + ")")
+# An operand is a number with an operator and another number on one side ("9 * 0", "(47 + 38)"):
+# a restated question, not an answer, unless "=" names it as a result.
+_OPERATOR = r"[-+*/x\u00d7\u00f7\u2212]"
+_OPERATOR_AFTER = re.compile(r"\s*" + _OPERATOR + r"\s*[-\u2212]?\d")
+_OPERATOR_BEFORE = re.compile(r"\d\s*" + _OPERATOR + r"\s*$")
 
 
 def _apply(a: int, op: str, b: int) -> int:
@@ -78,20 +84,33 @@ def last_integer(text: str) -> str | None:
     return found[-1] if found else None
 
 
+def _answers(text: str) -> list[str]:
+    """The numbers of `text` (as written) that are not operands of an expression."""
+    # the look back is a short window: a search over the whole prefix per number is quadratic
+    return [m.group() for m in _NUMBER.finditer(text)
+            if not _OPERATOR_AFTER.match(text, m.end())
+            and not _OPERATOR_BEFORE.search(text, max(0, m.start() - 16), m.start())]
+
+
 def extract_chat_answer(text: str) -> str | None:
     """The answer of a chat-style response, by preference:
-    the last number on the line after the last "answer" marker ("Answer: 7 - 5 = 2" -> "2"),
-    else the number after the last "=", else the last number anywhere."""
-    marks = list(_ANSWER_MARK.finditer(text))
-    for mark in reversed(marks):
+    1. on the line after the last "answer" marker that has one: the number after its last "="
+       ("Answer: 7 - 5 = 2" -> "2"), else its first number that is not an operand
+       ("Answer: 85 (47 + 38)" -> "85", "The correct answer is 8, not 7." -> "8");
+    2. else the number after the last "=" anywhere;
+    3. else the last number that is not an operand ("5 - 0 is 5." -> "5"; "9 * 0 = N" -> None:
+       restating the question answers nothing)."""
+    for mark in reversed(list(_ANSWER_MARK.finditer(text))):
         line = text[mark.end():].split("\n", 1)[0]
-        number = last_integer(line)
-        if number is not None:
-            return number
+        equals = _EQUALS_NUMBER.findall(line)
+        answers = equals[-1:] or _answers(line)[:1]
+        if answers:
+            return answers[0]
     equals = _EQUALS_NUMBER.findall(text)
     if equals:
         return equals[-1]
-    return last_integer(text)
+    answers = _answers(text)
+    return answers[-1] if answers else None
 
 
 class ArithmeticTask(Task):
