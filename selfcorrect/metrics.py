@@ -126,11 +126,14 @@ def _levenshtein(a: np.ndarray, b: np.ndarray) -> int:
 def edit_distance_ratio(a: Sequence, b: Sequence) -> float:
     """Levenshtein distance / (len(a) + len(b)); 0.0 when both are empty.
 
-    a, b: strings (compared by character) or sequences of hashable items such as token ids.
+    a, b: strings (compared by character) or sequences of hashable items such as token ids
+    (lists, numpy arrays or tensors).
     0 means identical attempts (the "no edit" collapse SCORE.md warns about); 1 means nothing shared.
     """
     if isinstance(a, str) != isinstance(b, str):
         raise ValueError(f"compare like with like: got {type(a).__name__} and {type(b).__name__}")
+    # a tensor's elements hash by identity (equal ids would all differ): compare plain values
+    a, b = (x.tolist() if hasattr(x, "tolist") else x for x in (a, b))
     total = len(a) + len(b)
     if total == 0:
         return 0.0

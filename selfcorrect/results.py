@@ -34,9 +34,11 @@ class EvalResult:
 
 def problem_record(problem: Problem, texts: list[str], verdicts: list[Verdict], ids: list[list[int]],
                    truncated: list[bool]) -> dict:
-    """One problem's record: every attempt's text, extracted answer, verdict, length and cut."""
+    """One problem's record: every attempt's text, extracted answer, verdict, length and cut,
+    and the problem's meta (level, subject, entry point, ...: what a breakdown needs)."""
     return {
         "id": problem.id, "question": problem.question, "reference": jsonable(problem.reference),
+        "meta": {str(k): jsonable(v) for k, v in problem.meta.items()},
         "attempts": [{"text": t, "extracted": v.extracted, "reward": v.reward, "reason": v.reason,
                       "detail": v.detail, "tokens": len(i), "truncated": cut}
                      for t, v, i, cut in zip(texts, verdicts, ids, truncated)],

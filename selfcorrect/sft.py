@@ -45,9 +45,9 @@ def encode_chat(tokenizer, messages: list[dict],
         assistant_index += 1
         if loss_turns is not None and assistant_index not in loss_turns:
             continue
-        start, end = len(ids_of(messages[:i], True)), len(ids_of(messages[: i + 1], False))
-        prefix = ids_of(messages[: i + 1], False)
-        if full[:end] != prefix or end <= start:
+        prompt, prefix = ids_of(messages[:i], True), ids_of(messages[: i + 1], False)
+        start, end = len(prompt), len(prefix)
+        if full[:end] != prefix or full[:start] != prompt or end <= start:
             raise ValueError(f"chat template does not render message {i} (assistant turn "
                              f"{assistant_index}) as a token prefix of the whole conversation")
         mask[start:end] = [1] * (end - start)

@@ -31,7 +31,7 @@ DESCRIPTIONS = {
 def train_method(cfg: Config, task, model=None, tokenizer=None) -> dict:
     """Train cfg.algo.method on `task`; write the run folder; return summary.json's contents."""
     from .. import distributed, models
-    from ..train import Trainer, _wants_cuda, check_training_config, start_fresh
+    from ..train import Trainer, _wants_cuda, check_training_config, seed_everything, start_fresh
 
     method = cfg.algo.method
     cfg = check_training_config(cfg.validate())
@@ -72,6 +72,7 @@ def train_method(cfg: Config, task, model=None, tokenizer=None) -> dict:
                              key="rollout.max_new_tokens", progress=cfg.run.progress)
         run_dir.mkdir(parents=True, exist_ok=True)
         start_fresh(run_dir, cfg.run.overwrite or cfg.run.resume)  # SFT baselines restart when resumed
+        seed_everything(cfg.run.seed)  # a LoRA adapter's initial weights follow run.seed, as the trainer's do
         if model is None:
             model, tokenizer = models.load(cfg.model, training=True, progress=cfg.run.progress)
         elif cfg.model.lora:

@@ -6,7 +6,8 @@ two-attempt episodes and as many gradient updates. Each logs to the run folder's
 
 STaR (ReST-EM style): `sft.iterations` rounds of collect → fine-tune. A round samples traces at
 the rollout temperature from the current model, keeps D_STaR (or D+_STaR) rows, and fine-tunes
-— from the base model by default (ReST-EM restarts each round), else from the last round's model.
+— from the base model by default (ReST-EM restarts each round), else from the last round's model;
+a round that keeps no trace leaves the model as it is. Sampling follows run.seed.
 Pair-SFT: one collection of base-model traces, pairs built by `traces.pair_rows`, one epoch by
 default (capped by the update budget).
 """
@@ -27,7 +28,7 @@ from ..optim import autocast, fp32_master_weights
 from ..precision import fp32_logits
 from ..rollout import ChatFormat, rollout, verify
 from ..sft import sft_train
-from ..train import sampling_settings, take_problems
+from ..train import sampling_settings, seed_everything, take_problems
 from .traces import TraceRows, pair_rows, star_rows
 
 
@@ -59,6 +60,8 @@ class SftRun:
         self.log = open(self.run_dir / "metrics.jsonl", "a")
         self.position, self.updates, self.episodes = 0, 0, 0
         self.first_step = first_step  # steps logged before this run (STaR after Stage I)
+        if first_step == 0:  # a run of its own: sampling follows run.seed, not whatever the process
+            seed_everything(cfg.run.seed)  # drew before (STaR after Stage I continues the trainer's stream)
 
     def collect(self, n_problems: int):
         """Two-attempt traces sampled as SCoRe's rollouts are: n_problems x k episodes, verified."""
@@ -123,7 +126,9 @@ def run_star(cfg: Config, task, model, tokenizer, problems, *, plus: bool, budge
             ro = run.collect(max(1, episodes // k))
             rows = star_rows(ro, plus=plus, train_attempt1=s.train_attempt1)
             run.write(run.collection_line(ro, rows, round_ + 1))
-            if base is not None:  # ReST-EM: fine-tune the base model on this round's data
+            # ReST-EM: fine-tune the base model on this round's data; a round with nothing to
+            # learn keeps the last round's model rather than turning it back into the base
+            if base is not None and rows.sequences and steps >= 1:
                 with torch.no_grad():
                     for name, p in model.named_parameters():
                         if name in base:

@@ -64,11 +64,12 @@ def pair_rows(ro, between: list[int], join, *, plus: bool = False, seed: int = 0
     x + y_first + glue + y_correct with loss on y_correct. Random draws come from `seed`."""
     rng = random.Random(seed)
     out = TraceRows()
-    by_problem: dict[int, list[int]] = {}
+    # rows by problem id (unique in a split): a budget of several passes over the data draws a
+    # problem again at another index, and its right answers are pooled over every draw
+    by_problem: dict[str, list[int]] = {}
     for b, p in enumerate(ro.problem_index):
-        by_problem.setdefault(p, []).append(b)
-    for p in sorted(by_problem):
-        rows = by_problem[p]
+        by_problem.setdefault(ro.problems[p].id, []).append(b)
+    for rows in by_problem.values():
         responses = [(b, a) for b in rows for a in range(ro.n_attempts) if _usable(ro, b, a)]
         correct = [ro.attempts[b][a] for b, a in responses if ro.verdicts[b][a].reward == 1.0]
         if not correct:

@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-# Reasons a verdict can carry; per-problem records and metrics count them.
+# Reasons a verdict can carry; per-problem records keep each one, metrics count the verifier's failures.
 CORRECT = "correct"
 WRONG_ANSWER = "wrong_answer"
 NO_ANSWER = "no_answer"
