@@ -136,14 +136,16 @@ def measure_update(model, tok, task, args, device: torch.device, flops: float | 
     m = trainer.step(1)
     sync(device)
     wall = time.perf_counter() - start
-    # everything after sampling and scoring; the optimizer's queued GPU work ends inside `wall`
-    update = wall - m["time_rollout"] - m["time_verify"] - m["time_rewards"]
+    # log-probs, loss, backward and the optimizer step (the trainer's phases wait for the GPU);
+    # not the metrics phase (CPU work such as edit distances), reported on its own
+    update = m["time_logprobs_loss"] + m["time_step"]
     tokens = episode_tokens(trainer, task, problems, m, args.samples)
     scored = round(len(problems) * args.samples * (m["len_t1"] + m["len_t2"]))
     body, head = matmul_weights(model)
     work = body * tokens + head * scored  # multiply-adds per forward
     result = {"step_seconds": round(wall, 3), "rollout_seconds": round(m["time_rollout"], 3),
-              "update_seconds": round(update, 3), "trained_tokens": tokens, "scored_tokens": scored,
+              "update_seconds": round(update, 3), "metrics_seconds": round(m["time_metrics"], 3),
+              "trained_tokens": tokens, "scored_tokens": scored,
               "rows": len(problems) * args.samples, "fp32_logits": cfg.model.fp32_logits,
               "micro_batch": args.micro_batch, "len_t1": m["len_t1"], "len_t2": m["len_t2"],
               "gen_tokens_per_s": round(m["gen_tokens_per_s"], 1), "peak_flops": flops,

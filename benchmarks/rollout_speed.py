@@ -179,6 +179,7 @@ def take(problems: list[Problem], n: int) -> list[Problem]:
 
 
 # ----------------------------------------------------------------------------- measurement
+SAMPLE_SEED = 1234  # torch's global generator before every timed rollout
 def timed_rollout(model, tok, task, problems, engine, *, samples, settings, batch, seeded) -> dict:
     """One full rollout (2 attempts) with `engine` (which resets at the rollout's end, as in
     training); its generated tokens and seconds."""
@@ -207,9 +208,11 @@ def measure(model, tok, task, engines, *, batches, problems, samples, max_new_to
     for batch in batches:
         chosen = take(train, problems or max(1, batch // samples))
         for mode, settings in modes:
-            # warm-up at full width (allocator, kernels, first-call costs) but only a few tokens
-            short = SamplingSettings(greedy=settings.greedy, temperature=settings.temperature,
-                                     max_new_tokens=min(8, max_new_tokens))
+            # warm-up at full width (allocator, kernels, first-call costs); on a CPU only a few
+            # tokens, on CUDA the full length: transformers sizes a static cache by the longest call
+            # so far, and a longer timed call would recompile the static engine's decode inside it
+            short = settings if model.device.type == "cuda" else SamplingSettings(
+                greedy=settings.greedy, temperature=settings.temperature, max_new_tokens=min(8, max_new_tokens))
             # one engine each for all its rollouts, as a training run keeps one: what an engine
             # starts once (vLLM, compiled graphs) is not timed again
             live = {name: make_engine(name, model) for name in engines}
@@ -217,8 +220,11 @@ def measure(model, tok, task, engines, *, batches, problems, samples, max_new_to
                 timed_rollout(model, tok, task, chosen, live[name], samples=samples, settings=short, batch=batch,
                               seeded=seeded)
             runs = {name: [] for name in engines}
-            for _ in range(repeats):  # engines take turns, so slow drift hits each alike
+            for repeat in range(repeats):  # engines take turns, so slow drift hits each alike
                 for name in engines:
+                    # each engine starts from the same generator state: the same draws where engines
+                    # sample alike (hf, static), and reproducible lengths for the others
+                    torch.manual_seed(SAMPLE_SEED + repeat)
                     runs[name].append(timed_rollout(model, tok, task, chosen, live[name], samples=samples,
                                                     settings=settings, batch=batch, seeded=seeded))
             for name in engines:

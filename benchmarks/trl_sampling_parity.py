@@ -7,9 +7,11 @@ prompts of benchmarks/vs_trl.py, side by side.
 vs_trl.py compares attempts per second, and each side's step time grows with how long its
 samples come out, so a ratio is only fair if both sides draw from the same distribution. Here
 TRL's side is its own GenerationConfig, read back from a GRPOTrainer built exactly as vs_trl.py
-builds it, applied to TRL's chat-templated prompts; our side is `rollout` with each engine. For
+builds it, applied to TRL's chat-templated prompts with the model's own `generate` (not TRL's
+private generation method, which vs_trl.py times); our side is `rollout` with each engine. For
 each seed both start from torch.manual_seed(seed): the hf engine and TRL's call then make the
-same `generate` draws, so they should agree sample for sample (`hf_equals_trl`); the other
+same `generate` draws, so they should agree sample for sample (`hf_equals_trl`; the script
+exits non-zero when they do not); the other
 engines draw differently and should agree in distribution (mean length, rows cut at the limit).
 
 The last line printed is one JSON object: per seed and side, the mean attempt-1 length (tokens,
@@ -104,6 +106,9 @@ def main() -> None:
                                            for k, v in row.items() if isinstance(v, dict))
               + f"; hf == trl: {row.get('hf_equals_trl')}", flush=True)
     print(json.dumps(result))
+    if any(row.get("hf_equals_trl") is False for row in result["seeds"].values()):
+        raise SystemExit("our hf engine did not draw TRL's samples from the same seed: vs_trl's two sides "
+                         "would not sample one distribution alike")
 
 
 if __name__ == "__main__":

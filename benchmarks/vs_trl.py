@@ -8,7 +8,8 @@ Both sides train the same model (SmolLM2-135M-Instruct, offline from the llm-smo
 `--model tiny`, a random 2-layer Qwen2 for smoke tests) on the same arithmetic problems with the
 same chat prompts (configs/smollm2-arithmetic.yaml's task), in the same order: P problems x k
 samples per step (default 4 x 4), at most 32 new tokens per attempt, temperature T (default 1).
-Each step samples, scores, computes reference log-probs (KL 0.01 to the frozen initial model),
+Each step samples, scores, computes reference log-probs (a KL term to the frozen initial model:
+TRL's beta = our beta1, 0.01; in our Stage I attempt 1 carries beta1 + beta2, the same cost),
 runs a forward and backward over the batch and takes an AdamW step.
 
 What differs is the algorithm, which is the point: a selfcorrect step samples TWO attempts per
@@ -35,7 +36,15 @@ Settings made equal on purpose (TRL's defaults differ; checked against trl 1.16)
   P x k, gradient_accumulation_steps 1 (so no extra old-log-prob forward), num_generations = k.
 - sampling: temperature T, top_p 1, top_k 0 (off), no vLLM; the prompt order is ours
   (shuffle_dataset False, dataset in our data order); dropout off; constant lr, no warm-up,
-  same lr, weight decay and clipping; torch AdamW; no logging, saving or reporting.
+  same lr, weight decay and clipping; torch's fused AdamW on both sides (TRL's optim
+  "adamw_torch_fused"; its default "adamw_torch" is the slower for-loop kernel; recorded runs
+  before 2026-12-06 gave TRL that one, about 3% of its CPU step); no logging, saving or reporting.
+- GRPO options whose TRL 1.16 defaults already match and are set anyway, so that another TRL
+  release cannot change the work silently: num_iterations 1 (no old-log-prob pass),
+  mask_truncated_completions False (with it every fixed-length completion would be masked out),
+  no continuous batching, no fp32 output layer; the run stops when TRL (read back: steps_per_generation 1)
+  reports other values, or a step count other than asked.
+- LoRA: the frozen base is loaded in --dtype on both sides (a TRL user's base in bf16 is bf16).
 - micro-batches: ours runs the whole step's rows in one forward/backward (--micro-batch), like
   TRL's single batch.
 - host memory: on a CPU our Trainer sets glibc's malloc to keep freed memory
@@ -43,8 +52,8 @@ Settings made equal on purpose (TRL's defaults differ; checked against trl 1.16)
 
 Lengths: at T = 1 an attempt ends where the model samples its end of turn, so each side's step
 time depends on how long its samples happen to run (on one day 29 tokens per attempt ours, 15
-TRL's), which moves the ratio between runs more than any code change. `--fixed-length` takes that
-lottery out: every attempt on both sides runs to --max-new-tokens (ours: the rollout ignores stop
+TRL's), which moves the ratio between runs more than any code change. By default (fixed
+lengths; `--natural-length` turns it off, `--fixed-length` is the old spelling) that lottery is out: every attempt on both sides runs to --max-new-tokens (ours: the rollout ignores stop
 tokens; TRL: generation_kwargs min_new_tokens, which masks its stop tokens until then), so both
 sides do a known amount of work: the ratio of the code at equal lengths, not of a sampling
 distribution. The samples are then nonsense past the answer, which changes no step's cost.
@@ -176,7 +185,9 @@ def trl_config(args, cfg, out: Path):
         num_generations=args.samples, max_completion_length=args.max_new_tokens,
         temperature=args.temperature, top_p=1.0, top_k=0, use_vllm=False, beta=cfg.algo.beta1,
         bf16=args.dtype == "bfloat16", fp16=False, gradient_checkpointing=False, disable_dropout=True,
-        learning_rate=cfg.optim.lr, lr_scheduler_type="constant", warmup_steps=0, optim="adamw_torch",
+        learning_rate=cfg.optim.lr, lr_scheduler_type="constant", warmup_steps=0, optim="adamw_torch_fused",
+        num_iterations=1, mask_truncated_completions=False,
+        use_transformers_paged=False, cast_lm_head_to_fp32=False,
         weight_decay=cfg.optim.weight_decay, max_grad_norm=cfg.optim.max_grad_norm,
         shuffle_dataset=False, use_cpu=args.device == "cpu", dataloader_num_workers=0,
         generation_kwargs={"min_new_tokens": args.max_new_tokens} if args.fixed_length else None,
@@ -184,10 +195,12 @@ def trl_config(args, cfg, out: Path):
 
 
 def trl_trainer(args, cfg, task, problems, tokens_seen, callback, out: Path):
-    """A GRPOTrainer on a fresh copy of the model (fp32 weights; --dtype bfloat16 = bf16 autocast)."""
+    """A GRPOTrainer on a fresh copy of the model (full weights: fp32, --dtype bfloat16 = bf16
+    autocast; LoRA: the frozen base in --dtype, as ours)."""
     from trl import GRPOTrainer
 
-    model, tok = models.load(dataclasses.replace(cfg.model, dtype="float32", lora=False), progress=False)
+    dtype = args.dtype if args.lora else "float32"
+    model, tok = models.load(dataclasses.replace(cfg.model, dtype=dtype, lora=False), progress=False)
     peft = None
     if args.lora:
         from peft import LoraConfig
@@ -242,6 +255,17 @@ def time_trl_generation(trainer, device: str, seconds: list[float]) -> None:
     trainer._generate_single_turn = timed
 
 
+# what the comparison assumes of TRL's run (trl_config sets them; a TRL that overrides one is refused)
+TRL_EXPECTED = {"num_iterations": 1, "steps_per_generation": 1, "mask_truncated_completions": False}
+
+
+def check_trl(trainer) -> None:
+    found = {k: getattr(trainer.args, k, None) for k in TRL_EXPECTED}
+    if found != TRL_EXPECTED:
+        raise SystemExit(f"TRL runs with {found}, not {TRL_EXPECTED}: its step would do other work than "
+                         "this comparison assumes (pinned: trl==1.16.0 in constraints.txt)")
+
+
 def trl_effective(trainer) -> dict:
     """What the GRPOTrainer actually runs with (read back, so the report shows the settings took)."""
     a = trainer.args
@@ -251,7 +275,7 @@ def trl_effective(trainer) -> dict:
             "reference": reference, "num_generations": a.num_generations,
             "generation_batch_size": a.generation_batch_size, "steps_per_generation": a.steps_per_generation,
             "per_device_train_batch_size": a.per_device_train_batch_size, "loss_type": a.loss_type,
-            "optim": str(a.optim), "top_k": a.top_k, "temperature": a.temperature}
+            "optim": getattr(a.optim, "value", str(a.optim)), "top_k": a.top_k, "temperature": a.temperature}
 
 
 # ----------------------------------------------------------------------------- report
@@ -272,9 +296,14 @@ def main() -> None:
     parser.add_argument("--full-rows", action="store_true",
                         help="our update runs every row in full (optim.share_prompt false) instead of each "
                              "problem's prompt once for its k samples")
-    parser.add_argument("--fixed-length", action="store_true",
-                        help="every attempt on both sides runs to --max-new-tokens (stop tokens ignored), so "
-                             "the two sides generate and train on equal lengths (see the module doc)")
+    lengths = parser.add_mutually_exclusive_group()
+    lengths.add_argument("--natural-length", dest="fixed_length", action="store_false",
+                         help="attempts end where each side samples its end of turn: the ratio then depends on "
+                              "how long each side's samples run (see the module doc)")
+    lengths.add_argument("--fixed-length", dest="fixed_length", action="store_true",
+                         help="the default: every attempt on both sides runs to --max-new-tokens (stop tokens "
+                              "ignored), so the two sides generate and train on equal lengths")
+    parser.set_defaults(fixed_length=True)
     args = parse_step_arguments(parser)
 
     import trl
@@ -285,7 +314,7 @@ def main() -> None:
     task = build_task(cfg.task.name, cfg.task.options)
     print(f"model {args.model}, {'LoRA' if args.lora else 'full weights'}, {args.dtype}, {args.device}, "
           f"{args.problems} problems x {args.samples} samples, <= {args.max_new_tokens} new tokens, "
-          f"T={args.temperature}{', fixed lengths' if args.fixed_length else ''}, our engine {args.engine}, "
+          f"T={args.temperature}{', fixed lengths' if args.fixed_length else ', natural lengths'}, our engine {args.engine}, "
           f"trl {trl.__version__}, torch {torch.__version__}, "
           f"torch threads {torch.get_num_threads()}", flush=True)
 
@@ -306,10 +335,14 @@ def main() -> None:
     theirs = trl_trainer(args, cfg, task, problems, trl_tokens, callback, work / "trl")
     trl_generation: list[float] = []
     time_trl_generation(theirs, args.device, trl_generation)
+    check_trl(theirs)
     print(f"trl runs with {trl_effective(theirs)}", flush=True)
     our_step(ours, args.device, seed=OURS_SEED)  # our warm-up; TRL's is its first step inside train()
     theirs.train()
 
+    if len(ours_seconds) != args.steps or len(callback.seconds) != args.steps + 1:
+        raise SystemExit(f"asked for {args.steps} timed steps a side after one warm-up; ran {len(ours_seconds)} "
+                         f"of ours and {len(callback.seconds)} of TRL's (warm-up included)")
     rows = args.problems * args.samples
     ours_tokens = [rows * (m["len_t1"] + m["len_t2"]) for m in ours_metrics]
     result = {**side("ours", ours_seconds, rows * 2, ours_tokens),

@@ -77,13 +77,19 @@ def attempts_at(plan: list[int], step: int, attempts: int) -> int:
 
 
 class PhaseTimer:
-    def __init__(self):
+    """Wall seconds per named phase of a step. On CUDA each phase waits for the GPU work it
+    queued (a few synchronisations a step), so the time lands in the phase that did the work."""
+
+    def __init__(self, device: torch.device | None = None):
         self.seconds: dict[str, float] = {}
+        self.cuda = device is not None and device.type == "cuda"
 
     @contextmanager
     def __call__(self, name: str):
         start = time.perf_counter()
         yield
+        if self.cuda:
+            torch.cuda.synchronize()
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
@@ -290,7 +296,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- one step
     def step(self, stage: int) -> dict:
-        cfg, timer = self.cfg, PhaseTimer()
+        cfg, timer = self.cfg, PhaseTimer(self.device)
         first = self.state["data_position"]
         batch = self.next_problems()
         # this rank's contiguous block of the step's problems, with all k samples of each, so the

@@ -105,7 +105,7 @@ def test_gpu_check_script_dry_run(tmp_path):
 @pytest.mark.parametrize("fixed", [False, True], ids=["sampled-lengths", "fixed-length"])
 def test_vs_trl_tiny(fixed):
     result = run_script("vs_trl.py", "--model", "tiny", "--problems", "2", "--samples", "2",
-                        "--max-new-tokens", "4", "--steps", "1", *(["--fixed-length"] if fixed else []))
+                        "--max-new-tokens", "4", "--steps", "1", *([] if fixed else ["--natural-length"]))
     for key in ("ours_attempts_per_s", "trl_attempts_per_s", "ratio", "ours_seconds_per_step",
                 "trl_seconds_per_step"):
         assert positive(result[key]), key
@@ -113,8 +113,9 @@ def test_vs_trl_tiny(fixed):
     assert result["ours_attempts_per_step"] == 2 * result["trl_attempts_per_step"] == 2 * 4
     assert result["settings"]["beta"] > 0
     assert all(0 < n <= 4 for n in result["ours_tokens_per_attempt_by_turn"])
+    assert result["settings"]["fixed_length"] is fixed  # fixed lengths are the default
+    assert result["settings"]["trl_effective"]["optim"] == "adamw_torch_fused"
     if fixed:
-        assert result["settings"]["fixed_length"] is True
         assert result["ours_tokens_per_attempt_by_turn"] == [4, 4] and result["trl_gen_tokens_per_attempt"] == 4
 
 
@@ -161,3 +162,20 @@ def test_logprob_precision_tiny():
     assert result["ways"]["bf16"]["logp_err_rms"] > 0
     assert all(positive(v) for v in result["seconds"].values())
     assert positive(result["fp32_logits_cost"]) and positive(result["rollout_fp32_logits_cost"])
+
+
+def test_vs_trl_refuses_a_trl_that_would_do_other_work(monkeypatch):
+    """A TRL release with another default (an old-log-prob pass, masked truncated completions)
+    would change what its step does: the comparison stops instead of printing a ratio."""
+    import importlib.util as iu
+    from types import SimpleNamespace
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    spec = iu.spec_from_file_location("vs_trl_under_test", REPO / "benchmarks" / "vs_trl.py")
+    vs_trl = iu.module_from_spec(spec)
+    spec.loader.exec_module(vs_trl)
+    fine = dict(vs_trl.TRL_EXPECTED)
+    vs_trl.check_trl(SimpleNamespace(args=SimpleNamespace(**fine)))
+    for key, other in (("num_iterations", 2), ("steps_per_generation", 4), ("mask_truncated_completions", True)):
+        with pytest.raises(SystemExit, match=key):
+            vs_trl.check_trl(SimpleNamespace(args=SimpleNamespace(**{**fine, key: other})))

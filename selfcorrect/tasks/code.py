@@ -17,7 +17,9 @@ Data:
 
 Responses: the program is the last ```python block (preferring one that defines the entry
 point), else the text up to MBPP's "[DONE]" (after "[BEGIN]" if present), else the response
-itself when it looks like code. For HumanEval a bare function body is appended to the prompt.
+itself when it looks like code. For HumanEval a bare function body is appended to the prompt
+(re-indented when it does not compile as written: a stripped first line, 2- or 3-space
+indentation), and a full definition follows the prompt, its `from __future__` imports first.
 Departures from the paper: HumanEval's instruction is ours (the paper gives none); a program
 that runs out of time scores 0 (`timeout_reward`), as in the usual pass@k harnesses.
 """
@@ -146,17 +148,47 @@ def _dedent_if_needed(code: str) -> str:
     return dedented if _compiles(dedented) else code
 
 
+def _split_future(code: str) -> tuple[str, str]:
+    """(its leading `from __future__` imports, the rest): they must open the whole program."""
+    try:
+        tree = _parse(code)
+    except (SyntaxError, ValueError):
+        return "", code
+    lines = code.split("\n")
+    future: list[int] = []
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module == "__future__":
+            future += range(node.lineno - 1, node.end_lineno)
+        elif not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)):
+            break  # past the docstring and the future imports
+    skip = set(future)
+    head = "".join(lines[i] + "\n" for i in future)
+    return head, "\n".join(line for i, line in enumerate(lines) if i not in skip)
+
+
+def _body(prompt: str, code: str) -> str:
+    """A bare function body that continues the prompt's function: indented as written when
+    that compiles, else re-indented: a body whose first line lost its indentation (a stripped
+    response), one indented by 2 or 3 spaces (some tokenizers decode it so), or a comment at
+    column 0 above an indented body."""
+    first = next(line for line in code.split("\n") if line.strip())
+    usual = code if first[:1].isspace() else textwrap.indent(code, "    ")
+    for candidate in (usual, "    " + code, textwrap.indent(textwrap.dedent(code), "    ")):
+        if _compiles(prompt + candidate + "\n"):
+            return candidate
+    return usual
+
+
 def humaneval_program(prompt: str, code: str, entry_point: str) -> str:
     """The program to run: the prompt followed by the model's full definition (the prompt's
-    helpers and imports stay available), or the prompt completed by a bare function body."""
+    helpers and imports stay available; its `from __future__` imports go first), or the
+    prompt completed by a bare function body."""
     prompt = prompt if prompt.endswith("\n") else prompt + "\n"
     full = _dedent_if_needed(code)
     if _defines(full, entry_point):
-        return prompt + "\n\n" + full + "\n"
-    first = next(line for line in code.split("\n") if line.strip())
-    if not first[:1].isspace():
-        code = textwrap.indent(code, "    ")
-    return prompt + code + "\n"
+        future, full = _split_future(full)
+        return future + prompt + "\n\n" + full + "\n"
+    return prompt + _body(prompt, code) + "\n"
 
 
 # ----------------------------------------------------------------------------- loading

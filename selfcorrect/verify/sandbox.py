@@ -57,6 +57,7 @@ NOBODY = 65534  # the uid/gid programs run as when the host is root
 _PREFIX = "@@selfcorrect:"
 _HARNESS = (Path(__file__).with_name("sandbox_harness.py")).read_text()
 _BACKSTOP_S = 2.0  # the host kills the whole group this long after the harness's own deadline
+PROBE_TIMEOUT_S = 30.0  # the tier check's canary may take this long, whatever timeout_s is
 _KEEP_OUTPUT = 2000  # characters of program output kept in a result
 
 
@@ -263,7 +264,9 @@ class Sandbox:
                 return str(exc)
         canary = Program(code="import math, textwrap\nx = math.sqrt(16)\n", tests="assert x == 4.0\n",
                          exports=("x",))
-        result = self._execute(canary, tier)
+        # at least PROBE_TIMEOUT_S: a short user timeout on a busy machine must not settle the
+        # whole run on the weaker tier (or refuse it, with require_strong) over one slow start
+        result = self._execute(canary, tier, timeout_s=max(self.config.timeout_s, PROBE_TIMEOUT_S))
         if result.passed:
             return None
         return f"canary program {result.status}: {result.detail}"[:1000]
@@ -345,10 +348,11 @@ class Sandbox:
                 "PYTHONHASHSEED": str(self.config.hash_seed), "PYTHONDONTWRITEBYTECODE": "1",
                 "PYTHONIOENCODING": "utf-8"}
 
-    def _execute(self, program: Program, tier: str) -> SandboxResult:
+    def _execute(self, program: Program, tier: str, timeout_s: float | None = None) -> SandboxResult:
         cfg = self.config
+        timeout_s = cfg.timeout_s if timeout_s is None else timeout_s
         start = time.monotonic()
-        deadline = start + cfg.timeout_s
+        deadline = start + timeout_s
         token = secrets.token_hex(16)
         workdir = tempfile.mkdtemp(prefix="selfcorrect-sbx-")
         try:
@@ -367,7 +371,7 @@ class Sandbox:
                 "exports": list(program.exports), "token": token, "deadline": deadline,
                 "drop": self.drop, "reopen_imports": reopen, "tier": tier,
                 "limits": {"address_space": cfg.memory_mb << 20,
-                           "cpu_s": int(cfg.timeout_s) + 1,
+                           "cpu_s": int(timeout_s) + 1,
                            "processes": self._process_limit(tier),
                            "file_size": cfg.max_file_mb << 20,
                            "open_files": cfg.max_open_files},
@@ -397,7 +401,8 @@ class Sandbox:
                     self._running.pop(proc.pid, None)
             # As root the program runs as uid 65534 and cannot signal its supervisor: if that
             # died without a last word, something outside killed it (not the program's fault).
-            return _interpret(raw, token, tier, cfg, overflow, backstop, proc.returncode,
+            return _interpret(_authenticate(raw, token), token, tier, cfg, overflow, backstop,
+                              proc.returncode,
                               time.monotonic() - start, supervisor_protected=self.root)
         finally:
             _remove_tree(workdir)
@@ -452,6 +457,21 @@ def _communicate(proc: subprocess.Popen, payload: bytes, backstop: float,
                 stream.close()
         proc.wait()
     return bytes(out), overflow, hit_backstop
+
+
+def _authenticate(raw: bytes, token: str) -> bytes:
+    """The harness's own protocol lines carry the run's token after the prefix: keep those
+    (without the token) and disarm every other line that looks like one, so that a program
+    (or a daemon it left behind) cannot print an `error` (reward None), `exit` or `fail` line."""
+    tagged = (_PREFIX + token + ":").encode()
+    prefix = _PREFIX.encode()
+    lines = raw.split(b"\n")
+    for i, line in enumerate(lines):
+        if line.startswith(tagged):
+            lines[i] = prefix + line[len(tagged):]
+        elif line.startswith(prefix):
+            lines[i] = b"[program] " + line
+    return b"\n".join(lines)
 
 
 def _interpret(raw: bytes, token: str, tier: str, cfg: SandboxConfig, overflow: bool,

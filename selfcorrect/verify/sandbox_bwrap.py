@@ -8,7 +8,8 @@ The mount layout, in the order bwrap applies it (later mounts cover earlier ones
   interpreter prefixes   re-exposed read-only when one of the above hid them (pyenv in /root)
   the working folder     the only host folder the program can write
   hidden paths           tmpfs / /dev/null over the task's own data (no peeking at answers)
-  /dev /proc             minimal devices; a procfs of the new PID namespace only
+  /dev /proc             minimal devices (a private, writable /dev/shm); a procfs of the
+                         new PID namespace only
 plus new PID, network (loopback only), IPC and UTS namespaces, --die-with-parent, and a new
 terminal session (no TIOCSTI into the host's terminal).
 
@@ -86,8 +87,10 @@ def bwrap_argv(bwrap: str, command: Sequence[str], *, workdir: str,
             argv += ["--tmpfs", os.path.realpath(path)]
         elif os.path.exists(path):
             argv += ["--ro-bind", "/dev/null", os.path.realpath(path)]
-    argv += ["--dev", "/dev", "--proc", "/proc", "--chdir", workdir,
-             "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+    # bwrap's --dev makes /dev/shm a 0755 folder of root: multiprocessing's semaphores need
+    # it writable by the program's uid (as on the host, and as /tmp is), so a private tmpfs
+    argv += ["--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm", "--proc", "/proc",
+             "--chdir", workdir, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
              "--unshare-cgroup-try", "--die-with-parent", "--new-session"]
     if as_root:
         argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",

@@ -15,7 +15,8 @@ Two processes, so that someone is left to clean up whatever the program does:
 - the child drops privileges, sets rlimits, runs the program, then the tests, and prints the
   pass token only after the last test.
 
-Protocol on stdout (stderr is the same pipe), one line each, prefix `@@selfcorrect:`:
+Protocol on stdout (stderr is the same pipe), one line each, prefix `@@selfcorrect:<token>:`
+(the host drops the token; a line without it is the program's output):
   start            written before any untrusted code runs (its absence = sandbox failure)
   error:<json>     the harness could not set the child up (a sandbox failure, not the program's)
   fail:<json>      the program or a test failed: {"kind", "message", "line", "source"}
@@ -57,6 +58,17 @@ _MAX_NODES = 5_000_000  # values bigger than this are not worth proving honest
 _write = os.write
 _exit = os._exit
 _monotonic = time.monotonic
+_getpid = os.getpid
+_settrace = sys.settrace
+_setprofile = sys.setprofile
+
+# Set once the payload is read: every protocol line carries the run's token, so a line the
+# program prints (or a daemon it left behind writes after the supervisor's last word) cannot
+# pass for the harness's own (e.g. a forged `error`, which would score None instead of 0).
+_TAG = b""
+# The pid of the child that runs the program: a fork of it (os.fork in the program or in
+# the function under test) must neither run the tests nor report for it.
+_CHILD_PID = 0
 
 # Comparison and truth dunders: a class that defines one of these in Python can lie in an assert.
 _DANGEROUS = ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__bool__",
@@ -78,7 +90,7 @@ def _emit(kind, body=b""):
     """Write one protocol line straight to fd 1 (no Python-level buffering to lose)."""
     if isinstance(body, str):
         body = body.encode("utf-8", "replace")
-    line = b"\n" + PREFIX + kind.encode() + (b":" + body if body else b"") + b"\n"
+    line = b"\n" + PREFIX + _TAG + kind.encode() + (b":" + body if body else b"") + b"\n"
     while line:
         try:
             line = line[_write(1, line):]
@@ -261,8 +273,16 @@ def _restore_modules(snapshots):
 
 # ----------------------------------------------------------------------------- the child
 
+def _in_fork():
+    """Whether this process is a fork of the child (made by the program), not the child."""
+    return _getpid() != _CHILD_PID
+
+
 def _failure(kind, message, exc=None, sources=None):
     """Report why the program failed (the innermost trusted line first) and exit nonzero."""
+    if _in_fork():  # a fork of the program: the child's own verdict is the one that counts
+        _flush_program_output()
+        _exit(1)
     info = {"kind": kind, "message": _clip(message)}
     if exc is not None and sources:
         frames, tb = [], exc.__traceback__
@@ -381,6 +401,8 @@ def _use_import_dirs(folders):
 
 
 def _run_child(payload, tests_code, prelude_code, snapshots, pristine_builtins, import_dirs):
+    global _CHILD_PID
+    _CHILD_PID = _getpid()
     try:
         _setup_child(payload)
         _use_import_dirs(import_dirs)
@@ -389,17 +411,25 @@ def _run_child(payload, tests_code, prelude_code, snapshots, pristine_builtins, 
         _exit(3)
 
     sources = {"<solution>": payload["code"], "<tests>": payload["tests"]}
-    solution = {"__name__": "solution", "__builtins__": builtins}
+    # A registered module, so that pickle finds the program's functions (multiprocessing)
+    module = type(sys)("solution")
+    module.__builtins__ = builtins
+    sys.modules["solution"] = module
+    solution = module.__dict__
     try:
         exec(compile(payload["code"], "<solution>", "exec"), solution)
     except SystemExit as exc:
         _failure("exit", f"the program called sys.exit({exc.code!r}) before the tests ran")
     except BaseException as exc:
         _failure("solution_error", _describe(exc), exc, sources)
+    if _in_fork():  # a fork made at the program's top level has run it to the end
+        _flush_program_output()
+        _exit(0)
 
-    # From here on the program only runs when the tests call into it.
-    sys.settrace(None)
-    sys.setprofile(None)
+    # From here on the program only runs when the tests call into it. The saved functions:
+    # the program may have replaced sys.settrace to keep its hook.
+    _settrace(None)
+    _setprofile(None)
     _restore_modules(snapshots)
     namespace = {"__name__": "tests", "__builtins__": dict(pristine_builtins), _CHECK: _checked}
     try:
@@ -421,6 +451,8 @@ def _run_child(payload, tests_code, prelude_code, snapshots, pristine_builtins, 
     except BaseException as exc:
         _failure("test_error", _describe(exc), exc, sources)
     _flush_program_output()
+    if _in_fork():  # a fork made inside the function under test: never the child's pass
+        _exit(0)
     _emit("pass", payload["token"])
     _exit(0)
 
@@ -561,7 +593,9 @@ def _read_payload():
 
 
 def main():
+    global _TAG
     payload = _read_payload()
+    _TAG = payload["token"].encode() + b":"
     _emit("start")
     if payload["tier"] == "rlimit":
         _prctl((36, 1),  # PR_SET_CHILD_SUBREAPER: orphans of the program come back to us
