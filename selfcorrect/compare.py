@@ -103,10 +103,10 @@ def _base_config(value, where: Path) -> Config:
     path = (where.parent / value) if not Path(value).is_absolute() else Path(value)
     if path.exists():
         return load_yaml(path)
-    packaged = files("selfcorrect") / value
-    if packaged.is_file():
-        with as_file(packaged) as p:
-            return load_yaml(p)
+    for packaged in (files("selfcorrect") / value, files("selfcorrect") / "recipes" / value):
+        if packaged.is_file():  # "demo.yaml" in a copy of the packaged comparison is the packaged recipe
+            with as_file(packaged) as p:
+                return load_yaml(p)
     raise FileNotFoundError(f"{where}: base config {value!r} found neither beside it nor in the package")
 
 

@@ -62,7 +62,8 @@ class RolloutConfig:
                             "attempt 2, then 3, ..., each with the earlier ones pinned)")
     samples_per_problem: int = opt(4, "k samples per problem for the RLOO baseline (>= 2)")
     temperature: float = opt(1.0, "sampling temperature during training (the paper uses 1.0)")
-    top_p: float = opt(1.0, "nucleus sampling threshold during training")
+    top_p: float = opt(1.0, "nucleus sampling threshold; training refuses < 1 (its log-probs would be "
+                            "the nucleus', not the policy's), evaluation is greedy")
     max_new_tokens: int = opt(256, "maximum new tokens per attempt")
     batch_size: int = opt(64, "rows generated at once (memory bound)")
     engine: str = opt("auto", "what generates (training and evaluation): cached (our decode loop: one prefill per "

@@ -189,3 +189,15 @@ def test_adding_a_method_to_scaling_evaluates_its_finished_unit_again(tmp_path, 
     c = load_comparison(write_comparison(tmp_path, saved_tiny, ["score"], scaling=["score"]))
     run_comparison(c)  # the unit's eval folder holds a finished evaluation: replaced, not refused
     assert (unit_dir(c, "score", 0) / "eval" / "scaling.json").exists()
+
+
+def test_a_copy_of_the_packaged_comparison_loads_anywhere(tmp_path):
+    """README: copy configs/compare-demo.yaml and edit it; its `base: demo.yaml` is the packaged recipe."""
+    from pathlib import Path
+
+    from selfcorrect.compare import load_comparison
+
+    shipped = Path(__file__).resolve().parents[1] / "selfcorrect" / "recipes" / "compare-demo.yaml"
+    copy = tmp_path / "my-compare.yaml"
+    copy.write_text(shipped.read_text())
+    assert load_comparison(copy).base.task.name == "arithmetic"
