@@ -273,16 +273,17 @@ def _restore_modules(snapshots):
 
 # ----------------------------------------------------------------------------- the child
 
-def _in_fork():
-    """Whether this process is a fork of the child (made by the program), not the child."""
-    return _getpid() != _CHILD_PID
+def _leave_if_fork(status):
+    """In a fork of the child (made by the program), end here with `status`: only the child
+    itself runs the tests and reports."""
+    if _getpid() != _CHILD_PID:
+        _flush_program_output()
+        _exit(status)
 
 
 def _failure(kind, message, exc=None, sources=None):
     """Report why the program failed (the innermost trusted line first) and exit nonzero."""
-    if _in_fork():  # a fork of the program: the child's own verdict is the one that counts
-        _flush_program_output()
-        _exit(1)
+    _leave_if_fork(1)  # a fork of the program: the child's own verdict is the one that counts
     info = {"kind": kind, "message": _clip(message)}
     if exc is not None and sources:
         frames, tb = [], exc.__traceback__
@@ -422,9 +423,7 @@ def _run_child(payload, tests_code, prelude_code, snapshots, pristine_builtins, 
         _failure("exit", f"the program called sys.exit({exc.code!r}) before the tests ran")
     except BaseException as exc:
         _failure("solution_error", _describe(exc), exc, sources)
-    if _in_fork():  # a fork made at the program's top level has run it to the end
-        _flush_program_output()
-        _exit(0)
+    _leave_if_fork(0)  # a fork made at the program's top level has run it to the end
 
     # From here on the program only runs when the tests call into it. The saved functions:
     # the program may have replaced sys.settrace to keep its hook.
@@ -451,8 +450,7 @@ def _run_child(payload, tests_code, prelude_code, snapshots, pristine_builtins, 
     except BaseException as exc:
         _failure("test_error", _describe(exc), exc, sources)
     _flush_program_output()
-    if _in_fork():  # a fork made inside the function under test: never the child's pass
-        _exit(0)
+    _leave_if_fork(0)  # a fork made inside the function under test: never the child's pass
     _emit("pass", payload["token"])
     _exit(0)
 
