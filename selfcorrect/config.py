@@ -137,6 +137,8 @@ class SftConfig:
                                   "false continues from the previous iteration's model")
     train_attempt1: bool = opt(False, "STaR: also put loss on the kept traces' attempt-1 tokens")
     epochs: float = opt(1.0, "Pair-SFT: passes over the pairs (capped by the update budget)")
+    plus_ratio: float = opt(0.0, "D+ data (star_plus, pair_sft_plus, the STaR-in-Stage-II ablation): keep at most "
+                            "this many right->right rows per wrong->right row, drawn at random (0 = keep them all)")
 
 
 @dataclass
@@ -220,6 +222,7 @@ class Config:
             (self.sft.iterations >= 1, "sft.iterations must be >= 1"),
             (self.sft.warmup_steps >= 0, "sft.warmup_steps must be >= 0"),
             (self.sft.epochs > 0, "sft.epochs must be > 0"),
+            (self.sft.plus_ratio >= 0, "sft.plus_ratio must be >= 0 (0 keeps every right->right row)"),
             (self.eval.attempts >= 1, "eval.attempts must be >= 1"),
             (self.eval.limit >= 0, "eval.limit must be >= 0"),
             (self.eval.max_new_tokens >= 0, "eval.max_new_tokens must be >= 0 (0 = rollout.max_new_tokens)"),

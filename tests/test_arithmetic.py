@@ -23,7 +23,29 @@ def test_splits_are_deterministic_and_depend_on_seed():
     assert first == again
     assert set(first) != set(other)
     # Pinned so a change of the split rule (which would leak train into old test sets) is seen.
-    assert first[:3] == ["67+25", "48+82", "93+51"]
+    assert first[:3] == ["48+82", "13+80", "14+16"]
+
+
+@pytest.mark.parametrize("options", [{}, {"digits": 1, "ops": "+-*", "style": "chat"}, {"digits": 1, "ops": "*"},
+                                     {"digits": 1, "ops": "+", "n_test": 7, "seed": 5}])
+def test_commuted_twins_share_a_split(options):
+    """a + b and b + a (and a x b, b x a) are one fact: a test problem's twin is never trained on."""
+    task = ArithmeticTask(**options)
+    test, train = task.load("test"), task.load("train")
+    assert len(test) == task.n_test
+    side = {p.id: name for name, split in (("test", test), ("train", train)) for p in split}
+    for p in test + train:
+        a, op, b = p.meta["a"], p.meta["op"], p.meta["b"]
+        if op in "+*":
+            assert side[f"{b}{op}{a}"] == side[p.id], f"{p.id} and its twin are in different splits"
+    twins_in_test = sum(1 for p in test if p.meta["op"] in "+*" and p.meta["a"] != p.meta["b"])
+    assert twins_in_test > 0  # pairs do reach the test split (both halves), not only singletons
+
+
+def test_test_split_order_does_not_put_twins_side_by_side():
+    ids = [p.id for p in ArithmeticTask().load("test")]
+    neighbours = sum(1 for x, y in zip(ids, ids[1:]) if x.split("+")[::-1] == y.split("+"))
+    assert neighbours < 10  # hash order per problem: eval.limit takes a spread of facts
 
 
 def test_split_is_not_sorted_by_operand():

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from selfcorrect.methods import ablation_name, train_method
-from selfcorrect.methods.traces import pair_rows, star_rows
+from selfcorrect.methods.traces import cap_right_to_right, pair_rows, star_rows
 from selfcorrect.rollout import Rollout
 from selfcorrect.tasks.base import CORRECT, WRONG_ANSWER, Problem, Verdict
 from test_train import VARIED, tiny_config
@@ -69,6 +69,29 @@ def test_pair_sft_pairs_every_wrong_response_with_a_right_one_of_the_same_proble
     assert plus.kinds == {"i->c": 2, "c->c": 2}
 
 
+def test_plus_ratio_caps_right_to_right_rows_and_keeps_every_wrong_to_right_one():
+    # 2 i->c traces (rows 0, 6) among 5 c->c ones
+    ro = hand_rollout([(0.0, 1.0)] + [(1.0, 1.0)] * 5 + [(0.0, 1.0)], [0, 1, 2, 3, 4, 5, 6])
+    plus = star_rows(ro, plus=True)
+    assert plus.kinds == {"i->c": 2, "c->c": 5}
+    assert cap_right_to_right(plus, 0.0) is plus  # 0: no cap
+    assert cap_right_to_right(plus, 10.0).sequences == plus.sequences  # a cap above what there is
+    capped = cap_right_to_right(plus, 1.0, seed=3)
+    assert capped.kinds == {"i->c": 2, "c->c": 2} and capped.row_kinds.count("c->c") == 2
+    assert ro.rows[0] in capped.sequences and ro.rows[6] in capped.sequences
+    order = [plus.sequences.index(row) for row in capped.sequences]
+    assert order == sorted(order)  # kept rows stay in their original order, masks with them
+    assert all(plus.masks[i] == m for i, m in zip(order, capped.masks))
+    assert cap_right_to_right(plus, 1.5, seed=3).kinds == {"i->c": 2, "c->c": 3}  # floor(1.5 x 2)
+    assert cap_right_to_right(plus, 1.0, seed=3).sequences == capped.sequences  # seeded
+    draws = {tuple(map(tuple, cap_right_to_right(plus, 1.0, seed=s).sequences)) for s in range(20)}
+    assert len(draws) > 1  # a random subset, not always the first ones
+    none_fixed = cap_right_to_right(star_rows(hand_rollout([(1.0, 1.0)] * 3, [0, 1, 2]), plus=True), 2.0)
+    assert none_fixed.sequences == []  # no i->c row: no c->c row either
+    with pytest.raises(ValueError, match=">= 0"):
+        cap_right_to_right(plus, -1.0)
+
+
 def _cfg(tmp_path, method, **algo):
     cfg = tiny_config(tmp_path)
     cfg.algo.method = method
@@ -90,6 +113,27 @@ def test_every_method_trains_within_the_rl_budget(tmp_path, method):
     assert summary["gradient_updates"] <= budget_updates
     assert summary["episodes_sampled"] <= budget_updates * cfg.optim.problems_per_step * cfg.rollout.samples_per_problem
     assert summary["episodes_sampled"] > 0
+
+
+def test_sft_baselines_sample_with_the_configured_engine_and_checkpoint_when_asked(tmp_path, monkeypatch):
+    import selfcorrect.methods.sft_baselines as sft_module
+    from selfcorrect import models
+
+    engines, checkpointed = [], []
+    real_rollout, real_enable = sft_module.rollout, models.enable_gradient_checkpointing
+    monkeypatch.setattr(sft_module, "rollout", lambda *a, **k: engines.append(k["engine"]) or real_rollout(*a, **k))
+    monkeypatch.setattr(models, "enable_gradient_checkpointing",
+                        lambda m: checkpointed.append(m) or real_enable(m))
+    cfg = _cfg(tmp_path, "star_plus")
+    cfg.rollout.engine, cfg.optim.gradient_checkpointing, cfg.sft.plus_ratio = "hf", True, 1.0
+    tok = tiny_tokenizer()
+    model = tiny_model(tok)
+    train_method(cfg, EchoTask(5, answer=VARIED), model=model, tokenizer=tok)
+    assert engines and all(type(e).__name__ == "HFGenerate" for e in engines)
+    assert len(checkpointed) == 1 and any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+    collects = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+                if '"collect"' in x]
+    assert collects and all(m.get("kept_c->c", 0) <= m.get("kept_i->c", 0) for m in collects)
 
 
 def test_offline_turn1_ablation_trains_attempt_2_only_on_fixed_base_samples(tmp_path, monkeypatch):

@@ -5,7 +5,8 @@ two-attempt episodes and as many gradient updates. Each logs to the run folder's
 (one line per SFT update and one per collection round) and saves `final/` like `train` does.
 
 STaR (ReST-EM style): `sft.iterations` rounds of collect → fine-tune. A round samples traces at
-the rollout temperature from the current model, keeps D_STaR (or D+_STaR) rows, and fine-tunes
+the rollout temperature from the current model, keeps D_STaR (or D+_STaR, its right->right rows
+capped at sft.plus_ratio per wrong->right row when set) rows, and fine-tunes
 — from the base model by default (ReST-EM restarts each round), else from the last round's model;
 a round that keeps no trace leaves the model as it is. Sampling follows run.seed.
 Pair-SFT: one collection of base-model traces, pairs built by `traces.pair_rows`, one epoch by
@@ -24,12 +25,13 @@ import torch
 
 from .. import models
 from ..config import Config
+from ..engines import make_engine
 from ..optim import autocast, fp32_master_weights
 from ..precision import fp32_logits
 from ..rollout import ChatFormat, rollout, verify
 from ..sft import sft_train
 from ..train import sampling_settings, seed_everything, take_problems
-from .traces import TraceRows, pair_rows, star_rows
+from .traces import TraceRows, cap_right_to_right, pair_rows, star_rows
 
 
 @dataclass
@@ -56,6 +58,9 @@ class SftRun:
         self.compute_dtype = fp32_master_weights(model)
         self.fp32_logits = cfg.model.fp32_logits and self.compute_dtype is not None  # as SCoRe's trainer
         self.fmt = ChatFormat(tokenizer, model)
+        self.engine = make_engine(cfg.rollout.engine, model)  # what the RL methods sample with
+        if cfg.optim.gradient_checkpointing:
+            models.enable_gradient_checkpointing(model)
         self.run_dir = Path(cfg.run.output_dir)
         self.log = open(self.run_dir / "metrics.jsonl", "a")
         self.position, self.updates, self.episodes = 0, 0, 0
@@ -72,7 +77,7 @@ class SftRun:
         with torch.no_grad(), autocast(self.device, self.compute_dtype), fp32_logits(self.model, self.fp32_logits):
             ro = rollout(self.model, self.tok, self.task, problems, n_attempts=2,
                          samples_per_problem=cfg.rollout.samples_per_problem, settings=settings,
-                         batch_size=cfg.rollout.batch_size, fmt=self.fmt)
+                         batch_size=cfg.rollout.batch_size, fmt=self.fmt, engine=self.engine)
         verify(self.task, ro)
         self.episodes += len(ro.rows)
         return ro
@@ -82,6 +87,7 @@ class SftRun:
         if not rows.sequences or steps < 1:
             return
         s = self.cfg.sft
+        # sft_train trains in training mode, in which checkpointed layers checkpoint
         with autocast(self.device, self.compute_dtype), fp32_logits(self.model, self.fp32_logits):
             losses = sft_train(self.model, rows.sequences, rows.masks, lr=s.lr, steps=steps,
                                batch_size=s.batch_size, micro_batch_size=s.micro_batch_size,
@@ -124,7 +130,8 @@ def run_star(cfg: Config, task, model, tokenizer, problems, *, plus: bool, budge
             episodes = budget.episodes * (round_ + 1) // s.iterations - budget.episodes * round_ // s.iterations
             steps = budget.updates * (round_ + 1) // s.iterations - budget.updates * round_ // s.iterations
             ro = run.collect(max(1, episodes // k))
-            rows = star_rows(ro, plus=plus, train_attempt1=s.train_attempt1)
+            rows = cap_right_to_right(star_rows(ro, plus=plus, train_attempt1=s.train_attempt1),
+                                      s.plus_ratio, seed=cfg.run.seed + round_)
             run.write(run.collection_line(ro, rows, round_ + 1))
             # ReST-EM: fine-tune the base model on this round's data; a round with nothing to
             # learn keeps the last round's model rather than turning it back into the base
@@ -145,7 +152,8 @@ def run_pair_sft(cfg: Config, task, model, tokenizer, problems, *, plus: bool, b
     try:
         ro = run.collect(max(1, budget.episodes // cfg.rollout.samples_per_problem))
         between = run.fmt.between_ids(task.first_turn(ro.problems[0]), task.correction_instruction)
-        rows = pair_rows(ro, between, run.fmt.join_ids, plus=plus, seed=cfg.run.seed)
+        rows = cap_right_to_right(pair_rows(ro, between, run.fmt.join_ids, plus=plus, seed=cfg.run.seed),
+                                  cfg.sft.plus_ratio, seed=cfg.run.seed)
         run.write(run.collection_line(ro, rows, 1))
         steps = min(budget.updates, math.ceil(cfg.sft.epochs * len(rows.sequences) / cfg.sft.batch_size))
         run.fine_tune(rows, steps, 1)

@@ -7,6 +7,7 @@ their label is unknown, or they have no end-of-turn token to learn.
 
 - D_STaR (SCORE.md §3): traces where attempt 1 was wrong and attempt 2 right *within the trace*;
   D+_STaR adds right→right traces. Loss on attempt-2 tokens (optionally attempt 1 too).
+  The paper leaves the c→c : i→c ratio of D+ open; `cap_right_to_right` sets one.
 - D_SFT (Pair-SFT): each wrong response of the base model, from either attempt, followed by the
   correction instruction and a random correct response to the same problem drawn from every
   attempt of every trace; D+_SFT adds right→right pairs. Loss on the correct response.
@@ -24,11 +25,13 @@ class TraceRows:
 
     sequences: list[list[int]] = field(default_factory=list)
     masks: list[list[int]] = field(default_factory=list)
-    kinds: dict[str, int] = field(default_factory=dict)  # e.g. {'i->c': 12, 'c->c': 30}
+    row_kinds: list[str] = field(default_factory=list)  # per row: 'i->c' or 'c->c'
+    kinds: dict[str, int] = field(default_factory=dict)  # counts, e.g. {'i->c': 12, 'c->c': 30}
 
     def add(self, ids: list[int], mask: list[int], kind: str) -> None:
         self.sequences.append(ids)
         self.masks.append(mask)
+        self.row_kinds.append(kind)
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
 
 
@@ -84,4 +87,24 @@ def pair_rows(ro, between: list[int], join, *, plus: bool = False, seed: int = 0
             glue = join(y, between)
             ids = x + y + glue + target
             out.add(ids, [0] * (len(ids) - len(target)) + [1] * len(target), "c->c" if right else "i->c")
+    return out
+
+
+def cap_right_to_right(rows: TraceRows, ratio: float, seed: int = 0) -> TraceRows:
+    """D+ rows with at most floor(ratio x #i->c) right->right rows, a seeded random subset
+    kept in their original order; ratio 0 returns `rows` unchanged (every c->c row kept).
+
+    Without a cap, a model right most of the time fills D+ with copies (c->c rows outnumber
+    i->c ones many times over), which is what pulls the D+ baselines toward repeating attempt 1."""
+    if ratio < 0:
+        raise ValueError(f"ratio must be >= 0, got {ratio}")
+    cc_at = [i for i, kind in enumerate(rows.row_kinds) if kind == "c->c"]
+    limit = int(ratio * rows.kinds.get("i->c", 0))
+    if ratio == 0 or len(cc_at) <= limit:
+        return rows
+    kept = set(random.Random(seed).sample(cc_at, limit))
+    out = TraceRows()
+    for i, kind in enumerate(rows.row_kinds):
+        if kind != "c->c" or i in kept:
+            out.add(rows.sequences[i], rows.masks[i], kind)
     return out

@@ -1,9 +1,11 @@
 """The built-in arithmetic task: offline, generated, checkable in microseconds.
 
 Problems are every `a op b` whose operands have exactly `digits` digits (0..9 for one digit).
-The split is by problem identity: each problem's place comes from a hash of (seed, a, op, b),
-the first `n_test` problems in hash order are the held-out test split and the rest are train,
-so the two never overlap and neither depends on Python's hash seed or on the machine.
+The split is by fact, not by problem: a + b and b + a (and a x b, b x a) are one fact, and a
+fact's problems always land in the same split, so no test problem's commuted twin is trained on.
+Each fact's place comes from a hash of (seed, fact); facts are taken into the held-out test split
+in hash order until it holds `n_test` problems (a pair that would overflow it is skipped and goes
+to train), the rest are train. Neither split depends on Python's hash seed or on the machine.
 
 Two prompt styles share the problems and the verifier:
 - "demo": the compact format the built-in tiny model (demo_model.py) is trained on:
@@ -25,6 +27,7 @@ from selfcorrect.tasks.options import Option, resolve
 
 STYLES = ("demo", "chat")
 OPS = "+-*"
+COMMUTATIVE = "+*"  # a op b == b op a: one fact, kept in one split
 
 DEMO_CORRECTION = "Recheck."
 CHAT_CORRECTION = (
@@ -113,6 +116,31 @@ def extract_chat_answer(text: str) -> str | None:
     return answers[-1] if answers else None
 
 
+def fact_of(a: int, op: str, b: int) -> tuple[int, str, int]:
+    """The fact a problem states: commuted + and x problems are one fact (operands ordered)."""
+    return (min(a, b), op, max(a, b)) if op in COMMUTATIVE else (a, op, b)
+
+
+def split_by_fact(space: list[tuple[int, str, int]], n_test: int, seed: int) -> dict[str, list]:
+    """{'test': ..., 'train': ...} lists of (a, op, b): facts in a seeded hash order fill the test
+    split up to n_test problems (exactly, while singletons such as a - b or a + a remain), a
+    pair that would overflow it goes to train, and every other problem is train. Each split is
+    then in its problems' own hash order, so twins are not neighbours (`eval.limit` takes a spread)."""
+    def key(problem) -> bytes:
+        # sha256, not hash(): Python salts str hashes per process, and the split must not move
+        a, op, b = problem
+        return hashlib.sha256(f"arithmetic|{seed}|{a}{op}{b}".encode()).digest()
+
+    facts: dict[tuple, list] = {}
+    for problem in space:
+        facts.setdefault(fact_of(*problem), []).append(problem)
+    test, train = [], []
+    for fact in sorted(facts, key=key):  # a fact's key is that of its ordered problem
+        group = facts[fact]
+        (test if len(test) + len(group) <= n_test else train).extend(group)
+    return {"test": sorted(test, key=key), "train": sorted(train, key=key)}
+
+
 class ArithmeticTask(Task):
     """`a op b` with `digits`-digit operands (d digits = 10**(d-1) .. 10**d - 1; one digit =
     0..9); reference = the exact integer result. Options: OPTIONS (digits, ops, style, n_test,
@@ -143,12 +171,7 @@ class ArithmeticTask(Task):
             raise ValueError(f"arithmetic option n_test={n_test!r}: expected 1..{len(space)} "
                              f"(there are {len(space)} problems with digits={digits}, ops={ops!r})")
         self.n_test = n_test
-        ordered = sorted(space, key=lambda p: self._split_key(*p))
-        self._splits = {"test": ordered[:n_test], "train": ordered[n_test:]}
-
-    def _split_key(self, a: int, op: str, b: int) -> bytes:
-        # sha256, not hash(): Python salts str hashes per process, and the split must not move.
-        return hashlib.sha256(f"arithmetic|{self.seed}|{a}{op}{b}".encode()).digest()
+        self._splits = split_by_fact(space, n_test, seed)
 
     def question(self, a: int, op: str, b: int) -> str:
         """The user text of problem (a, op, b) in this task's style."""
