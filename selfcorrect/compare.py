@@ -38,6 +38,7 @@ import yaml
 
 from .atomic import temporaries, write_text_atomic
 from .config import Config, changed_settings, flat_settings, from_dict, load_yaml, read_yaml, save_yaml, to_dict
+from .tasks import split_rule
 
 #: method name -> (display label, config overrides). "base" and "self_refine" train nothing.
 METHODS: dict[str, tuple[str, dict]] = {
@@ -259,8 +260,12 @@ def is_finished(c: Comparison, method: str, seed: int) -> bool:
 
 
 def unit_settings(c: Comparison, method: str, seed: int) -> dict:
-    """The config a unit is made with, as plain data, its model named as in the comparison."""
-    return to_dict(method_config(c, method, seed))
+    """The config a unit is made with, as plain data, its model named as in the comparison, and
+    the task's split rule where a built-in task's has changed (`split_rule`)."""
+    settings = to_dict(method_config(c, method, seed))
+    if split_rule(settings["task"]["name"]) is not None:
+        settings["split_rule"] = split_rule(settings["task"]["name"])
+    return settings
 
 
 def settings_differences(recorded: dict, wanted: dict, *, trains: bool = True) -> list[str]:
@@ -293,7 +298,11 @@ def stale_unit(c: Comparison, method: str, seed: int) -> str | None:
         return str(exc)
     if not isinstance(recorded, dict):
         return f"{record} is not a mapping of config sections"
-    differences = settings_differences(recorded, unit_settings(c, method, seed), trains=method not in UNTRAINED)
+    wanted = unit_settings(c, method, seed)
+    if "split_rule" in wanted and recorded.get("split_rule", 1) != wanted["split_rule"]:
+        return (f"made on the {wanted['task']['name']} task's split rule {recorded.get('split_rule', 1)}, and this "
+                f"selfcorrect splits by rule {wanted['split_rule']} (other test and train problems)")
+    differences = settings_differences(recorded, wanted, trains=method not in UNTRAINED)
     if not differences:
         return None
     more = f", and {len(differences) - 3} more" if len(differences) > 3 else ""
@@ -329,7 +338,7 @@ def run_unit(c: Comparison, method: str, seed: int, base_model_name: str) -> dic
     folder.mkdir(parents=True, exist_ok=True)
     # first, so a folder's files are never without the settings they were made with (check_reuse);
     # atomic, so an interrupted write leaves no half record that would refuse the unit later
-    write_text_atomic(folder / SETTINGS_FILE, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    write_text_atomic(folder / SETTINGS_FILE, yaml.safe_dump(unit_settings(c, method, seed), sort_keys=False))
     cfg.model.name = base_model_name
     label = METHODS[method][0]
     with build_task(cfg.task.name, cfg.task.options) as task:

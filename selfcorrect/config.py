@@ -9,6 +9,7 @@ run folder as config.yaml.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,7 +223,8 @@ class Config:
             (self.sft.iterations >= 1, "sft.iterations must be >= 1"),
             (self.sft.warmup_steps >= 0, "sft.warmup_steps must be >= 0"),
             (self.sft.epochs > 0, "sft.epochs must be > 0"),
-            (self.sft.plus_ratio >= 0, "sft.plus_ratio must be >= 0 (0 keeps every right->right row)"),
+            (math.isfinite(self.sft.plus_ratio) and self.sft.plus_ratio >= 0,
+             "sft.plus_ratio must be a finite number >= 0 (0 keeps every right->right row)"),
             (self.eval.attempts >= 1, "eval.attempts must be >= 1"),
             (self.eval.limit >= 0, "eval.limit must be >= 0"),
             (self.eval.max_new_tokens >= 0, "eval.max_new_tokens must be >= 0 (0 = rollout.max_new_tokens)"),

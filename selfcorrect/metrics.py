@@ -73,13 +73,17 @@ _BOOT_CHUNK_ELEMENTS = 4_000_000
 
 
 def bootstrap_intervals(
-    correct: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+    correct: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+    clusters: Sequence | None = None,
 ) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap intervals for every float metric of `self_correction_metrics`.
 
-    correct: [N, A] as there. Resamples problems with replacement `n_boot` times (turned into
-    a count vector per resample, so each chunk of resamples is one [b, N] @ [N, K] product).
-    Returns name -> (lo, hi), the (1-level)/2 and (1+level)/2 quantiles.
+    correct: [N, A] as there. clusters: [N] labels; problems with the same label are not
+    independent (e.g. a + b and b + a) and are drawn together, as one unit (None: every problem
+    is its own unit). Resamples units with replacement `n_boot` times (turned into a count
+    vector per resample, so each chunk of resamples is one [b, N] @ [N, K] product; a metric is
+    the count-weighted mean over the drawn problems). Returns name -> (lo, hi), the (1-level)/2
+    and (1+level)/2 quantiles.
     """
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
@@ -88,15 +92,24 @@ def bootstrap_intervals(
     c = _as_correct(correct)
     names, feats = _features(c)
     n = c.shape[0]
+    if clusters is None:
+        unit = np.arange(n)
+    else:
+        if len(clusters) != n:
+            raise ValueError(f"clusters: {len(clusters)} labels for {n} problems")
+        labels: dict = {}
+        unit = np.array([labels.setdefault(x, len(labels)) for x in clusters], dtype=np.int64)
+    g = int(unit.max()) + 1 if n else 0  # [N] -> unit index in 0..g-1
     rng = np.random.default_rng(seed)
     stats = np.empty((n_boot, feats.shape[1]))  # [n_boot, K]
-    step = max(1, _BOOT_CHUNK_ELEMENTS // n)  # bound the [chunk, N] index array for large N
+    step = max(1, _BOOT_CHUNK_ELEMENTS // max(n, 1))  # bound the [chunk, N] index array for large N
     for s in range(0, n_boot, step):
         b = min(step, n_boot - s)
-        idx = rng.integers(0, n, size=(b, n))  # problems drawn with replacement, one row per resample
-        # how often each problem was drawn in each resample: [b, N]
-        counts = np.bincount((idx + n * np.arange(b)[:, None]).ravel(), minlength=b * n).reshape(b, n)
-        stats[s : s + b] = counts.astype(np.float64) @ feats / n
+        idx = rng.integers(0, g, size=(b, g))  # units drawn with replacement, one row per resample
+        # how often each unit, then each problem, was drawn in each resample: [b, g] -> [b, N]
+        drawn = np.bincount((idx + g * np.arange(b)[:, None]).ravel(), minlength=b * g).reshape(b, g)
+        counts = drawn[:, unit].astype(np.float64)
+        stats[s : s + b] = counts @ feats / counts.sum(axis=1, keepdims=True)
     tail = (1.0 - level) / 2.0
     lo, hi = np.quantile(stats, [tail, 1.0 - tail], axis=0)
     return {name: (float(lo[k]), float(hi[k])) for k, name in enumerate(names)}
@@ -143,6 +156,8 @@ def edit_distance_ratio(a: Sequence, b: Sequence) -> float:
         ib = np.array([codes.setdefault(x, len(codes)) for x in b], dtype=np.int64)
     except TypeError as e:
         raise ValueError(f"edit_distance_ratio needs hashable items: {e}") from e
+    if np.array_equal(ia, ib):  # identical attempts (the common copy): no quadratic table
+        return 0.0
     return _levenshtein(ia, ib) / total
 
 

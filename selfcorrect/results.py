@@ -57,8 +57,18 @@ def summarise(correct: np.ndarray, records: list[dict], *, bootstrap: int, seed:
     if correct.shape[1] > 1:
         metrics["edit_ratio"] = float(np.mean([
             edit_distance_ratio(r["attempts"][0]["text"], r["attempts"][1]["text"]) for r in records]))
-    intervals = bootstrap_intervals(correct, n_boot=bootstrap, seed=seed) if bootstrap else {}
+    intervals = (bootstrap_intervals(correct, n_boot=bootstrap, seed=seed, clusters=clusters_of(records))
+                 if bootstrap else {})
     return metrics, intervals
+
+
+def clusters_of(records: list[dict]) -> list | None:
+    """Each record's bootstrap unit: its problem's meta["cluster"] (problems that are not
+    independent, such as arithmetic's commuted twins, share one), else its own id; None when
+    no problem names a cluster (every problem its own unit)."""
+    if not any("cluster" in r.get("meta", {}) for r in records):
+        return None
+    return [r["meta"]["cluster"] if "cluster" in r.get("meta", {}) else ("id", r["id"]) for r in records]
 
 
 def gather_problems(correct: np.ndarray, records: list, *extra: list):

@@ -27,7 +27,9 @@ def test_splits_are_deterministic_and_depend_on_seed():
 
 
 @pytest.mark.parametrize("options", [{}, {"digits": 1, "ops": "+-*", "style": "chat"}, {"digits": 1, "ops": "*"},
-                                     {"digits": 1, "ops": "+", "n_test": 7, "seed": 5}])
+                                     {"digits": 1, "ops": "+", "n_test": 7, "seed": 5},
+                                     {"digits": 1, "ops": "+", "n_test": 99, "seed": 2},  # needs the swap
+                                     {"digits": 1, "ops": "+-*", "n_test": 299}])
 def test_commuted_twins_share_a_split(options):
     """a + b and b + a (and a x b, b x a) are one fact: a test problem's twin is never trained on."""
     task = ArithmeticTask(**options)
@@ -40,6 +42,20 @@ def test_commuted_twins_share_a_split(options):
             assert side[f"{b}{op}{a}"] == side[p.id], f"{p.id} and its twin are in different splits"
     twins_in_test = sum(1 for p in test if p.meta["op"] in "+*" and p.meta["a"] != p.meta["b"])
     assert twins_in_test > 0  # pairs do reach the test split (both halves), not only singletons
+
+
+def test_test_split_has_exactly_n_test_problems_for_every_size():
+    for ops in ("+", "*", "+-"):
+        for seed in (0, 2):
+            n = 100 * len(ops)
+            assert [len(ArithmeticTask(digits=1, ops=ops, n_test=k, seed=seed).load("test"))
+                    for k in range(1, n)] == list(range(1, n))
+
+
+def test_problems_name_their_fact_as_bootstrap_cluster():
+    task = ArithmeticTask(digits=1, ops="+-*", style="chat")
+    assert task.problem(7, "+", 2).meta["cluster"] == task.problem(2, "+", 7).meta["cluster"] == "2+7"
+    assert task.problem(7, "-", 2).meta["cluster"] != task.problem(2, "-", 7).meta["cluster"]
 
 
 def test_test_split_order_does_not_put_twins_side_by_side():
@@ -164,4 +180,5 @@ def test_extractors_directly():
 
 def test_problem_objects_are_stable():
     p = ArithmeticTask().problem(47, "+", 38)
-    assert p == Problem(id="47+38", question="47+38", reference=85, meta={"a": 47, "op": "+", "b": 38})
+    assert p == Problem(id="47+38", question="47+38", reference=85,
+                        meta={"a": 47, "op": "+", "b": 38, "cluster": "38+47"})

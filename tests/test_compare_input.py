@@ -149,6 +149,22 @@ def test_settings_that_cannot_change_the_numbers_keep_the_run(tmp_path, method, 
     assert check_reuse(load_comparison(path)) == []
 
 
+@pytest.mark.parametrize("rule", [None, 1])
+def test_a_run_made_on_another_arithmetic_split_rule_is_not_reused(tmp_path, rule):
+    path = recorded_unit(tmp_path, "score")
+    c = load_comparison(path)
+    record = unit_dir(c, "score", 0) / SETTINGS_FILE
+    settings = yaml.safe_load(record.read_text())
+    assert settings["split_rule"] == 2  # arithmetic: commuted twins in one split
+    if rule is None:
+        del settings["split_rule"]  # recorded before the rule was (rule 1)
+    else:
+        settings["split_rule"] = rule
+    record.write_text(yaml.safe_dump(settings))
+    with pytest.raises(ValueError, match="split rule 1, and this selfcorrect splits by rule 2"):
+        check_reuse(c)
+
+
 def test_a_run_folder_without_a_record_of_its_settings_is_not_trusted(tmp_path):
     c = load_comparison(write_comparison(tmp_path, "demo", ["base"]))
     folder = unit_dir(c, "base", 0)

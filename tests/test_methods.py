@@ -88,8 +88,12 @@ def test_plus_ratio_caps_right_to_right_rows_and_keeps_every_wrong_to_right_one(
     assert len(draws) > 1  # a random subset, not always the first ones
     none_fixed = cap_right_to_right(star_rows(hand_rollout([(1.0, 1.0)] * 3, [0, 1, 2]), plus=True), 2.0)
     assert none_fixed.sequences == []  # no i->c row: no c->c row either
-    with pytest.raises(ValueError, match=">= 0"):
-        cap_right_to_right(plus, -1.0)
+    ro = hand_rollout([(0.0, 1.0)] * 100 + [(1.0, 1.0)] * 100, list(range(200)))
+    many = star_rows(ro, plus=True)
+    assert cap_right_to_right(many, 0.29).kinds["c->c"] == 29  # 0.29 x 100 is 28.999... in binary
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="finite number >= 0"):
+            cap_right_to_right(plus, bad)
 
 
 def _cfg(tmp_path, method, **algo):
@@ -117,23 +121,34 @@ def test_every_method_trains_within_the_rl_budget(tmp_path, method):
 
 def test_sft_baselines_sample_with_the_configured_engine_and_checkpoint_when_asked(tmp_path, monkeypatch):
     import selfcorrect.methods.sft_baselines as sft_module
-    from selfcorrect import models
+    from selfcorrect.methods.traces import TraceRows
 
-    engines, checkpointed = [], []
-    real_rollout, real_enable = sft_module.rollout, models.enable_gradient_checkpointing
+    engines, kept = [], []
+    real_rollout = sft_module.rollout
     monkeypatch.setattr(sft_module, "rollout", lambda *a, **k: engines.append(k["engine"]) or real_rollout(*a, **k))
-    monkeypatch.setattr(models, "enable_gradient_checkpointing",
-                        lambda m: checkpointed.append(m) or real_enable(m))
+
+    def hand_rows(ro, **_):  # the tiny model rarely ends a turn: make every sampled row trainable
+        rows = TraceRows()
+        for b, row in enumerate(ro.rows[:7]):
+            rows.add(list(row), [0] * (len(row) - 2) + [1, 1], "i->c" if b < 2 else "c->c")
+        return rows
+
+    monkeypatch.setattr(sft_module, "star_rows", hand_rows)
+    real_cap = sft_module.cap_right_to_right
+    monkeypatch.setattr(sft_module, "cap_right_to_right", lambda rows, *a, **k: kept.append(real_cap(rows, *a, **k))
+                        or kept[-1])
     cfg = _cfg(tmp_path, "star_plus")
     cfg.rollout.engine, cfg.optim.gradient_checkpointing, cfg.sft.plus_ratio = "hf", True, 1.0
     tok = tiny_tokenizer()
     model = tiny_model(tok)
-    train_method(cfg, EchoTask(5, answer=VARIED), model=model, tokenizer=tok)
+    # one layer's MLP calls in training mode: twice per update when checkpointed (the recompute; a
+    # pre-hook, because torch stops a recompute once the last tensor it needs is back)
+    calls = []
+    model.model.layers[0].mlp.register_forward_pre_hook(lambda module, _: calls.append(1) if module.training else None)
+    summary = train_method(cfg, EchoTask(5, answer=VARIED), model=model, tokenizer=tok)
     assert engines and all(type(e).__name__ == "HFGenerate" for e in engines)
-    assert len(checkpointed) == 1 and any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
-    collects = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-                if '"collect"' in x]
-    assert collects and all(m.get("kept_c->c", 0) <= m.get("kept_i->c", 0) for m in collects)
+    assert kept and all(rows.kinds == {"i->c": 2, "c->c": 2} for rows in kept)  # 5 c->c rows capped at 2
+    assert summary["gradient_updates"] > 0 and len(calls) == 2 * summary["gradient_updates"]
 
 
 def test_offline_turn1_ablation_trains_attempt_2_only_on_fixed_base_samples(tmp_path, monkeypatch):

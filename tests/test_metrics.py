@@ -90,6 +90,37 @@ def test_bootstrap_constant_data_has_zero_width_and_level_matters():
         bootstrap_intervals(c, level=95)
 
 
+def test_bootstrap_resamples_clusters_as_units():
+    rng = np.random.default_rng(5)
+    c = (rng.random((200, 2)) < 0.5).astype(float)
+    # clusters of one problem each give exactly the plain problem bootstrap
+    assert bootstrap_intervals(c, seed=1, clusters=list(range(200))) == bootstrap_intervals(c, seed=1)
+    # every problem twice (perfectly correlated twins): drawn as pairs, the intervals are those of
+    # the 200 distinct problems; drawn one by one they would be about sqrt(2) too narrow
+    twins = np.repeat(c, 2, axis=0)
+    labels = np.repeat(np.arange(200), 2).tolist()
+    width = lambda ci: ci["acc_t1"][1] - ci["acc_t1"][0]  # noqa: E731
+    alone = width(bootstrap_intervals(c, n_boot=4000, seed=2))
+    as_pairs = width(bootstrap_intervals(twins, n_boot=4000, seed=2, clusters=labels))
+    as_problems = width(bootstrap_intervals(twins, n_boot=4000, seed=2))
+    assert abs(as_pairs - alone) < 0.15 * alone
+    assert as_pairs / as_problems > 1.25
+    # unequal cluster sizes: each resample's metric is the mean over the problems it drew
+    ci = bootstrap_intervals(np.array([[1.0, 1.0]] * 3 + [[0.0, 0.0]]), n_boot=500, clusters=["a", "a", "a", "b"])
+    assert ci["acc_t1"][0] == 0.0 and ci["acc_t1"][1] == 1.0
+    with pytest.raises(ValueError, match="labels"):
+        bootstrap_intervals(c, clusters=[0, 1])
+
+
+def test_summarise_draws_problems_of_one_cluster_together():
+    from selfcorrect.results import clusters_of
+
+    records = [{"id": "1+2", "meta": {"cluster": "1+2"}}, {"id": "2+1", "meta": {"cluster": "1+2"}},
+               {"id": "5-3", "meta": {"cluster": "5-3"}}, {"id": "x", "meta": {}}]
+    assert clusters_of(records) == ["1+2", "1+2", "5-3", ("id", "x")]
+    assert clusters_of([{"id": "x", "meta": {}}, {"id": "y"}]) is None
+
+
 def test_bootstrap_is_fast():
     c = (np.random.default_rng(0).random((500, 2)) < 0.5).astype(float)
     bootstrap_intervals(c, n_boot=10)  # warm up numpy

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -83,6 +84,22 @@ def test_resume_refuses_other_training_settings_and_takes_other_batching(tmp_pat
     same = tiny_config(tmp_path)
     same.run.resume, same.optim.micro_batch_size, same.run.save_every = True, 2, 1  # how, not what
     assert make_trainer(same).state["step"] == 2
+
+
+def test_resume_refuses_a_checkpoint_made_on_the_old_arithmetic_split():
+    from selfcorrect.config import Config
+    from selfcorrect.train import refuse_changed_settings, training_settings
+
+    cfg = Config()
+    cfg.task.name = "arithmetic"
+    saved = json.loads(json.dumps(training_settings(cfg)))
+    assert saved["task.split_rule"] == 2
+    refuse_changed_settings(Path("ckpt"), saved, cfg)  # the same rule: resumes
+    del saved["task.split_rule"]  # a checkpoint from before the rule was recorded (rule 1)
+    with pytest.raises(ValueError, match=r"task.split_rule: 1 -> 2"):
+        refuse_changed_settings(Path("ckpt"), saved, cfg)
+    cfg.task.name = "gsm8k"  # tasks whose split never changed record nothing
+    assert "task.split_rule" not in training_settings(cfg)
 
 
 def test_train_logs_metrics_and_saves_loadable_model(tmp_path):

@@ -15,6 +15,7 @@ their label is unknown, or they have no end-of-turn token to learn.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -96,10 +97,11 @@ def cap_right_to_right(rows: TraceRows, ratio: float, seed: int = 0) -> TraceRow
 
     Without a cap, a model right most of the time fills D+ with copies (c->c rows outnumber
     i->c ones many times over), which is what pulls the D+ baselines toward repeating attempt 1."""
-    if ratio < 0:
-        raise ValueError(f"ratio must be >= 0, got {ratio}")
+    if not (math.isfinite(ratio) and ratio >= 0):
+        raise ValueError(f"ratio must be a finite number >= 0, got {ratio}")
     cc_at = [i for i, kind in enumerate(rows.row_kinds) if kind == "c->c"]
-    limit = int(ratio * rows.kinds.get("i->c", 0))
+    # floor, robust to binary fractions (0.29 x 100 is 28.999...): a ratio is a count per count
+    limit = math.floor(ratio * rows.kinds.get("i->c", 0) + 1e-9)
     if ratio == 0 or len(cc_at) <= limit:
         return rows
     kept = set(random.Random(seed).sample(cc_at, limit))

@@ -84,4 +84,16 @@ def options_table(name: str) -> str:
     return "\n".join(rows)
 
 
-__all__ = ["Problem", "Task", "Verdict", "build_task", "options_help", "options_table", "task_options", "TASK_NAMES"]
+def split_rule(name: str) -> int | None:
+    """The version of a built-in task's train/test split rule, for the tasks whose rule has
+    changed (arithmetic: 2 since 2026-12-07, commuted twins in one split), else None. Runs and
+    comparison units record it: one made under another rule was trained and scored on other problems."""
+    if name == "arithmetic":
+        from .arithmetic import SPLIT_RULE
+
+        return SPLIT_RULE
+    return None
+
+
+__all__ = ["Problem", "Task", "Verdict", "build_task", "options_help", "options_table", "split_rule", "task_options",
+           "TASK_NAMES"]

@@ -28,6 +28,8 @@ from selfcorrect.tasks.options import Option, resolve
 STYLES = ("demo", "chat")
 OPS = "+-*"
 COMMUTATIVE = "+*"  # a op b == b op a: one fact, kept in one split
+#: 1: split by problem (until 2026-12-06); 2: split by fact. `compare` records it with each unit.
+SPLIT_RULE = 2
 
 DEMO_CORRECTION = "Recheck."
 CHAT_CORRECTION = (
@@ -123,9 +125,10 @@ def fact_of(a: int, op: str, b: int) -> tuple[int, str, int]:
 
 def split_by_fact(space: list[tuple[int, str, int]], n_test: int, seed: int) -> dict[str, list]:
     """{'test': ..., 'train': ...} lists of (a, op, b): facts in a seeded hash order fill the test
-    split up to n_test problems (exactly, while singletons such as a - b or a + a remain), a
-    pair that would overflow it goes to train, and every other problem is train. Each split is
-    then in its problems' own hash order, so twins are not neighbours (`eval.limit` takes a spread)."""
+    split with exactly n_test problems (a pair that would overflow it goes to train; if that
+    leaves it one short, its last single-problem fact swaps with the first skipped pair), and
+    every other problem is train. Each split is then in its problems' own hash order, so twins
+    are not neighbours (`eval.limit` takes a spread)."""
     def key(problem) -> bytes:
         # sha256, not hash(): Python salts str hashes per process, and the split must not move
         a, op, b = problem
@@ -134,11 +137,18 @@ def split_by_fact(space: list[tuple[int, str, int]], n_test: int, seed: int) -> 
     facts: dict[tuple, list] = {}
     for problem in space:
         facts.setdefault(fact_of(*problem), []).append(problem)
-    test, train = [], []
+    test, train, size = [], [], 0  # lists of facts' problem groups
     for fact in sorted(facts, key=key):  # a fact's key is that of its ordered problem
         group = facts[fact]
-        (test if len(test) + len(group) <= n_test else train).extend(group)
-    return {"test": sorted(test, key=key), "train": sorted(train, key=key)}
+        fits = size + len(group) <= n_test
+        (test if fits else train).append(group)
+        size += len(group) if fits else 0
+    if size == n_test - 1:  # only pairs were left: trade the last single for the first skipped pair
+        single = max(i for i, g in enumerate(test) if len(g) == 1)
+        pair = min(i for i, g in enumerate(train) if len(g) == 2)
+        test[single], train[pair] = train[pair], test[single]
+    flat = lambda groups: sorted((p for g in groups for p in g), key=key)  # noqa: E731
+    return {"test": flat(test), "train": flat(train)}
 
 
 class ArithmeticTask(Task):
@@ -182,7 +192,9 @@ class ArithmeticTask(Task):
     def problem(self, a: int, op: str, b: int) -> Problem:
         """Problem (a, op, b), whichever split holds it."""
         return Problem(id=f"{a}{op}{b}", question=self.question(a, op, b),
-                       reference=_apply(a, op, b), meta={"a": a, "op": op, "b": b})
+                       reference=_apply(a, op, b),
+                       # the fact: commuted twins share it, and the bootstrap resamples it as one unit
+                       meta={"a": a, "op": op, "b": b, "cluster": "{}{}{}".format(*fact_of(a, op, b))})
 
     def load(self, split: str) -> list[Problem]:
         if split not in self._splits:
