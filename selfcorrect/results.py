@@ -68,7 +68,9 @@ def clusters_of(records: list[dict]) -> list | None:
     no problem names a cluster (every problem its own unit)."""
     if not any("cluster" in r.get("meta", {}) for r in records):
         return None
-    return [r["meta"]["cluster"] if "cluster" in r.get("meta", {}) else ("id", r["id"]) for r in records]
+    # as JSON text: a cluster field of a custom task's file may be any JSON value (a list is no key)
+    return [json.dumps(r["meta"]["cluster"], sort_keys=True) if "cluster" in r.get("meta", {}) else ("id", r["id"])
+            for r in records]
 
 
 def gather_problems(correct: np.ndarray, records: list, *extra: list):

@@ -116,8 +116,12 @@ def test_summarise_draws_problems_of_one_cluster_together():
     from selfcorrect.results import clusters_of
 
     records = [{"id": "1+2", "meta": {"cluster": "1+2"}}, {"id": "2+1", "meta": {"cluster": "1+2"}},
-               {"id": "5-3", "meta": {"cluster": "5-3"}}, {"id": "x", "meta": {}}]
-    assert clusters_of(records) == ["1+2", "1+2", "5-3", ("id", "x")]
+               {"id": "5-3", "meta": {"cluster": "5-3"}}, {"id": "x", "meta": {}},
+               {"id": "y", "meta": {"cluster": [1, 2]}}, {"id": "z", "meta": {"cluster": [1, 2]}}]
+    labels = clusters_of(records)
+    assert labels[0] == labels[1] != labels[2] and labels[4] == labels[5] and labels[3] == ("id", "x")
+    assert len(set(labels)) == 4  # any JSON value is a label (a custom task's file field)
+    assert bootstrap_intervals(np.ones((6, 2)), n_boot=10, clusters=labels)["acc_t1"] == (1.0, 1.0)
     assert clusters_of([{"id": "x", "meta": {}}, {"id": "y"}]) is None
 
 
