@@ -1,7 +1,7 @@
 """How the demo base model behaves: the numbers its recipe (demo_model.py) was calibrated on.
 
-The README's description of the base (greedy: right on ~55% of held-out problems, always
-copies; sampled at T = 1: second attempts copy ~66%, break ~17%, check ~17%) and the
+The README's description of the base (greedy: right on ~54% of held-out problems, always
+copies; sampled at T = 1: second attempts copy ~67%, break ~18%, check ~15%) and the
 `calibration` test both come from `probe`. Generation and turn glue are rollout's, so the
 probe sees exactly the episodes that evaluation and SCoRe training see.
 

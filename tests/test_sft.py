@@ -42,6 +42,32 @@ def test_encode_chat_masks_assistant_turns_and_their_eos(tokenizer):
     assert tokenizer.convert_ids_to_tokens(ids[first - 1]) == ASSISTANT
 
 
+@pytest.mark.parametrize("after_end, trained_tail", [("\n", "<|end|>"), ("\n\n", "<|end|>"), ("", "<|end|>")])
+def test_encode_chat_does_not_train_blanks_after_the_end_of_turn_token(after_end, trained_tail):
+    """ChatML-style templates write "\n" after the end token; generation stops at the end token,
+    so the newline is never sampled and must not be learned."""
+    from tiny import TEMPLATE, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    tok.chat_template = TEMPLATE.replace("<|end|>{% endfor %}", "<|end|>" + after_end + "{% endfor %}")
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "again"}, {"role": "assistant", "content": "yes"}]
+    ids, mask = encode_chat(tok, chat)
+    trained = [t for t, m in zip(ids, mask) if m]
+    assert tok.decode(trained) == "ok" + trained_tail + "yes" + trained_tail
+    assert tok.decode(ids) == tok.apply_chat_template(chat, tokenize=False)  # the row itself keeps the blanks
+
+
+def test_encode_chat_keeps_a_blank_turn_end_when_the_template_has_no_end_token():
+    from tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    tok.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}assistant: {% endif %}")
+    ids, mask = encode_chat(tok, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}])
+    assert tok.decode([t for t, m in zip(ids, mask) if m]) == "ok\n"  # the newline is this template's turn end
+
+
 def test_encode_chat_can_train_one_turn_only(tokenizer):
     ids, mask = encode_chat(tokenizer, CHAT, loss_turns=[1])
     assert trained_text(tokenizer, ids, mask) == "7+8=15;4+3+1=8;85" + EOS
