@@ -248,6 +248,8 @@ class Trainer:
                     reward = metrics.get(last_reward)  # absent in a Stage I sub-stage before the last attempt
                     if reward is not None and (self.state["best_reward"] is None or reward > self.state["best_reward"]):
                         self.state["best_reward"] = reward
+                    if reward is not None and self.cfg.run.keep_best:
+                        self._keep_if_best(reward)
                     if self.state["step"] % self.cfg.run.save_every == 0 or self.state["step"] == total:
                         self.save_checkpoint()
                     self._stop_on_nonfinite_streak()
@@ -259,6 +261,26 @@ class Trainer:
             bar.close()
             if writer is not None:
                 writer.close()
+
+    def _keep_if_best(self, reward: float) -> None:
+        """Save best/ when the mean last-attempt training reward of the last run.keep_best steps
+        (a full window only) beats every earlier window. The window lives in the checkpointed
+        state, so a resumed run selects as an uninterrupted one would (a kill between best/ and
+        the next checkpoint replays the same steps and writes the same best/ again)."""
+        window = self.cfg.run.keep_best
+        recent = (self.state.get("recent_rewards", []) + [reward])[-window:]
+        self.state["recent_rewards"] = recent
+        if len(recent) < window:
+            return
+        mean = sum(recent) / window
+        best = self.state.get("best_window_reward")
+        if best is not None and mean <= best:
+            return
+        self.state["best_window_reward"], self.state["best_step"] = mean, self.state["step"]
+        self.save_final(self.run_dir / "best")
+        selection = {"step": self.state["step"], "mean_reward": mean, "window": window,
+                     "reward": f"reward_t{self.cfg.rollout.attempts}"}
+        distributed.on_main(lambda: write_text_atomic(self.run_dir / "best.json", json.dumps(selection, indent=1)))
 
     def _stop_if_asked(self, signals: StopSignals, total: int) -> None:
         """A safe point: if any rank got a stop signal, every rank checkpoints the last finished
@@ -605,8 +627,8 @@ def drop_metrics_after(log: Path, step: int) -> None:
 
 # settings a resumed run may change: where and how it runs and reports, not what it computes
 # (micro-batches and generation batches split the same sums; evaluation comes after training)
-RESUME_MAY_CHANGE = ("run.output_dir", "run.save_every", "run.keep_checkpoints", "run.resume", "run.overwrite",
-                     "run.progress", "eval.", "distributed.", "model.device", "optim.micro_batch_size",
+RESUME_MAY_CHANGE = ("run.output_dir", "run.save_every", "run.keep_checkpoints", "run.keep_best", "run.resume",
+                     "run.overwrite", "run.progress", "eval.", "distributed.", "model.device", "optim.micro_batch_size",
                      "rollout.batch_size")
 
 
@@ -638,9 +660,9 @@ def refuse_changed_settings(folder: Path, saved: dict | None, cfg: Config) -> No
 
 
 def existing_run(run_dir: Path) -> list[Path]:
-    """What of a training run `run_dir` already holds (checkpoints, metrics.jsonl, summary.json)."""
-    return [p for p in (run_dir / "checkpoints", run_dir / "metrics.jsonl", run_dir / "summary.json")
-            if p.exists()]
+    """What of a training run `run_dir` already holds (checkpoints, metrics.jsonl, summary.json, best/)."""
+    return [p for p in (run_dir / "checkpoints", run_dir / "metrics.jsonl", run_dir / "summary.json",
+                        run_dir / "best", run_dir / "best.json") if p.exists()]
 
 
 def start_fresh(run_dir: Path, overwrite: bool) -> None:

@@ -140,6 +140,49 @@ def test_resume_from_step_2_reproduces_losses(tmp_path):
     assert steps == [1, 2, 3, 4]  # the interrupted run's steps 3-4 are not logged twice
 
 
+@pytest.mark.parametrize("window", [1, 2])
+def test_keep_best_saves_the_model_of_the_best_reward_window(tmp_path, window):
+    cfg = tiny_config(tmp_path)
+    cfg.algo.stage1_steps, cfg.algo.stage2_steps = 2, 4
+    cfg.run.keep_best = window
+    trainer = make_trainer(cfg)
+    saved, real = [], trainer.save_final
+
+    def spy(folder):
+        real(folder)
+        if folder.name == "best":
+            saved.append((trainer.state["step"], {n: p.detach().clone() for n, p in trainer.model.named_parameters()}))
+
+    trainer.save_final = spy
+    history = trainer.train()
+    rewards = [m["reward_t2"] for m in history]
+    means = [sum(rewards[i - window + 1: i + 1]) / window for i in range(window - 1, len(rewards))]
+    best_step = window + max(range(len(means)), key=lambda i: (means[i], -i))  # the first of equal bests
+    selection = json.loads((tmp_path / "run" / "best.json").read_text())
+    assert selection["step"] == best_step == saved[-1][0] and selection["window"] == window
+    assert selection["mean_reward"] == pytest.approx(max(means))
+    assert [step for step, _ in saved] == sorted(step for step, _ in saved)  # saved at each new best only
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "best")
+    for name, p in saved[-1][1].items():
+        assert torch.equal(loaded.state_dict()[name], p), name
+
+
+def test_keep_best_survives_a_resume_and_a_fresh_run_drops_the_old_best(tmp_path):
+    cfg = tiny_config(tmp_path)
+    cfg.algo.stage1_steps, cfg.algo.stage2_steps, cfg.run.keep_best, cfg.run.save_every = 2, 4, 2, 1
+    make_trainer(cfg).train()
+    whole = json.loads((tmp_path / "run" / "best.json").read_text())
+    (tmp_path / "run" / "checkpoints" / "LATEST").write_text("step-000003")  # forget steps 4-6
+    again = tiny_config(tmp_path)
+    again.algo.stage1_steps, again.algo.stage2_steps, again.run.keep_best, again.run.resume = 2, 4, 2, True
+    make_trainer(again).train()
+    assert json.loads((tmp_path / "run" / "best.json").read_text()) == whole
+    fresh = tiny_config(tmp_path)
+    fresh.run.overwrite = True  # a new run without keep_best: no best/ of the old run left behind
+    make_trainer(fresh).train()
+    assert not (tmp_path / "run" / "best").exists() and not (tmp_path / "run" / "best.json").exists()
+
+
 def test_fresh_run_refuses_to_mix_into_an_old_run(tmp_path):
     cfg = tiny_config(tmp_path)
     cfg.algo.stage1_steps, cfg.algo.stage2_steps = 2, 0
