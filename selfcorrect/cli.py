@@ -8,6 +8,7 @@ parses and prints."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import textwrap
 from pathlib import Path
@@ -259,6 +260,11 @@ def run_train(cfg: C.Config) -> None:
         spent = train_method(cfg, task)
     say(f"{cfg.algo.method}: {spent['gradient_updates']} updates, {spent['episodes_sampled']} episodes "
           f"in {spent['train_seconds']:.0f} s; model saved to {Path(cfg.run.output_dir) / 'final'}")
+    best = Path(cfg.run.output_dir) / "best.json"
+    if cfg.run.keep_best and best.is_file():
+        chosen = json.loads(best.read_text())
+        say(f"best training reward (mean of {chosen['window']} steps, {chosen['mean_reward']:.3f}) at step "
+            f"{chosen['step']}: {best.with_name('best')}")
 
 
 def run_compare(args: argparse.Namespace) -> None:

@@ -215,3 +215,18 @@ def test_lora_training_uses_disabled_adapter_as_reference(tmp_path):
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
     assert loaded.config.num_hidden_layers == 2
     assert (tmp_path / "run" / "final" / "adapter" / "adapter_config.json").exists()
+
+
+def test_the_train_command_names_the_kept_best_model(tmp_path, saved_tiny, capsys):
+    from selfcorrect.cli import main
+
+    main(["train", "--model", str(saved_tiny), "--task", "arithmetic",
+          "--task.options", "{digits: 1, ops: '+', style: chat, n_test: 6}", "--model.device", "cpu",
+          "--rollout.samples_per_problem", "2", "--rollout.max_new_tokens", "4", "--algo.stage1_steps", "1",
+          "--algo.stage2_steps", "2", "--optim.problems_per_step", "2", "--run.keep_best", "2",
+          "--run.progress", "false", "--output", str(tmp_path / "run")])
+    out = capsys.readouterr()
+    chosen = json.loads((tmp_path / "run" / "best.json").read_text())
+    assert f"best training reward (mean of 2 steps, {chosen['mean_reward']:.3f}) at step {chosen['step']}: " \
+           f"{tmp_path / 'run' / 'best'}" in out.out + out.err
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "best") is not None
