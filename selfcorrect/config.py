@@ -167,10 +167,10 @@ class RunConfig:
     seed: int = opt(0, "seed for data order, sampling and initialisation")
     save_every: int = opt(10, "save a checkpoint every N steps (and always at the end)")
     keep_checkpoints: int = opt(2, "how many recent checkpoints to keep")
-    keep_best: int = opt(0, "also keep best/ (and best.json): the model after the step whose mean last-attempt "
-                         "training reward over the last N steps is the highest so far, as the paper keeps the "
-                         "checkpoint with the highest training reward; N > 1 smooths a small batch's noise; "
-                         "0 = off (final/ is always the last step's model)")
+    keep_best: int = opt(0, "RL methods: also keep best/ (and best.json): the model after the step whose mean "
+                         "last-attempt training reward over the last N steps is the highest so far, as the paper "
+                         "keeps the checkpoint with the highest training reward; N > 1 smooths a small batch's "
+                         "noise; 0 = off (final/ is always the last step's model)")
     resume: bool = opt(False, "continue from output_dir/checkpoints/LATEST")
     overwrite: bool = opt(False, "start afresh even if output_dir already holds a run (its checkpoints "
                           "and metrics are replaced); without it such a run is refused")

@@ -636,7 +636,8 @@ def training_settings(cfg: Config) -> dict:
     """{'section.key': value} of what a run computes (RESUME_MAY_CHANGE left out), as a
     checkpoint records it; task options stay one dict value; and the task's split rule where a
     built-in task's has changed (tasks.split_rule)."""
-    settings = {key: value for key, value in flat_settings(to_dict(cfg)).items() if not key.startswith(RESUME_MAY_CHANGE)}
+    settings = {key: value for key, value in flat_settings(to_dict(cfg)).items()
+                if not key.startswith(RESUME_MAY_CHANGE)}
     if split_rule(cfg.task.name) is not None:
         settings["task.split_rule"] = split_rule(cfg.task.name)
     return settings
