@@ -38,7 +38,7 @@ import yaml
 
 from .atomic import temporaries, write_text_atomic
 from .config import Config, changed_settings, flat_settings, from_dict, load_yaml, read_yaml, save_yaml, to_dict
-from .tasks import split_rule
+from .tasks import FIRST_SPLIT_RULE, split_rule
 
 #: method name -> (display label, config overrides). "base" and "self_refine" train nothing.
 METHODS: dict[str, tuple[str, dict]] = {
@@ -263,8 +263,9 @@ def unit_settings(c: Comparison, method: str, seed: int) -> dict:
     """The config a unit is made with, as plain data, its model named as in the comparison, and
     the task's split rule where a built-in task's has changed (`split_rule`)."""
     settings = to_dict(method_config(c, method, seed))
-    if split_rule(settings["task"]["name"]) is not None:
-        settings["split_rule"] = split_rule(settings["task"]["name"])
+    rule = split_rule(settings["task"]["name"])
+    if rule is not None:
+        settings["split_rule"] = rule
     return settings
 
 
@@ -299,8 +300,9 @@ def stale_unit(c: Comparison, method: str, seed: int) -> str | None:
     if not isinstance(recorded, dict):
         return f"{record} is not a mapping of config sections"
     wanted = unit_settings(c, method, seed)
-    if "split_rule" in wanted and recorded.get("split_rule", 1) != wanted["split_rule"]:
-        return (f"made on the {wanted['task']['name']} task's split rule {recorded.get('split_rule', 1)}, and this "
+    was = recorded.get("split_rule", FIRST_SPLIT_RULE)
+    if "split_rule" in wanted and was != wanted["split_rule"]:
+        return (f"made on the {wanted['task']['name']} task's split rule {was}, and this "
                 f"selfcorrect splits by rule {wanted['split_rule']} (other test and train problems)")
     differences = settings_differences(recorded, wanted, trains=method not in UNTRAINED)
     if not differences:

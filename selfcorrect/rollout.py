@@ -114,9 +114,22 @@ class ChatFormat:
         for i, token in enumerate(ids):
             if token in ends:
                 return i
-            if self.tok.decode([token]).strip():
+            if not self._blank(token):
                 return None
         return None
+
+    def turn_end(self, ids: list[int], start: int, end: int) -> int:
+        """Where the assistant turn rendered as ids[start:end] ends as the model writes it: blank
+        tokens a template puts after the turn's stop token (ChatML's "<|im_end|>\n") are never
+        generated (generation stops at the stop token), so they are cut; blank tokens that no
+        stop token precedes stay (in a template without an end token they end the turn)."""
+        cut = end
+        while cut - 1 > start and self._blank(ids[cut - 1]):
+            cut -= 1
+        return cut if cut < end and ids[cut - 1] in self.stop_ids else end
+
+    def _blank(self, token: int) -> bool:
+        return not self.tok.decode([token]).strip()
 
 
 @dataclass

@@ -20,6 +20,7 @@ import torch
 from .batches import pad_rows, token_logprobs
 from .optim import adamw, lr_factor
 from .progress import progress as progress_report
+from .rollout import ChatFormat
 
 
 def encode_chat(tokenizer, messages: list[dict],
@@ -29,7 +30,7 @@ def encode_chat(tokenizer, messages: list[dict],
     loss_turns: which assistant messages are trained, counted 0, 1, ... among assistant
     messages only (None = all). A trained message's tokens are everything its rendering adds
     after the generation prompt, i.e. its content and its end-of-turn token, but not blank
-    tokens the template writes after that end token (`_turn_end`).
+    tokens the template writes after that end token (`ChatFormat.turn_end`).
     Raises ValueError when the template does not render prefixes as token prefixes (then the
     mask cannot be placed and training would silently learn the wrong tokens).
     """
@@ -39,6 +40,7 @@ def encode_chat(tokenizer, messages: list[dict],
 
     full = ids_of(messages, False)
     mask = [0] * len(full)
+    fmt = ChatFormat(tokenizer)  # the turn's stop tokens, as generation sees them
     assistant_index = -1
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
@@ -51,21 +53,9 @@ def encode_chat(tokenizer, messages: list[dict],
         if full[:end] != prefix or full[:start] != prompt or end <= start:
             raise ValueError(f"chat template does not render message {i} (assistant turn "
                              f"{assistant_index}) as a token prefix of the whole conversation")
-        cut = _turn_end(tokenizer, full, start, end)
+        cut = fmt.turn_end(full, start, end)
         mask[start:cut] = [1] * (cut - start)
     return full, mask
-
-
-def _turn_end(tokenizer, ids: list[int], start: int, end: int) -> int:
-    """Where a rendered assistant message ends as the model writes it: the blank tokens a
-    template puts after the end-of-turn token (ChatML's "<|im_end|>\n") are never generated
-    (generation stops at the end token), so they are not trained. Blank tokens that no special
-    token precedes stay: in a template without an end token they are the turn's end."""
-    cut = end
-    while cut - 1 > start and not tokenizer.decode([ids[cut - 1]]).strip():
-        cut -= 1
-    special = set(tokenizer.all_special_ids)
-    return cut if cut < end and ids[cut - 1] in special else end
 
 
 def masked_token_loss_sum(model, ids: torch.Tensor, attention: torch.Tensor,

@@ -46,7 +46,7 @@ from .host_memory import keep_freed_memory
 from .rollout import ChatFormat, SamplingSettings, rollout, verify
 from .sampling import row_seed, text_key
 from .shared_prompt import first_scored, shared_prompt_logprobs
-from .tasks import split_rule
+from .tasks import FIRST_SPLIT_RULE, split_rule
 from .tasks.base import Task
 
 
@@ -638,8 +638,9 @@ def training_settings(cfg: Config) -> dict:
     built-in task's has changed (tasks.split_rule)."""
     settings = {key: value for key, value in flat_settings(to_dict(cfg)).items()
                 if not key.startswith(RESUME_MAY_CHANGE)}
-    if split_rule(cfg.task.name) is not None:
-        settings["task.split_rule"] = split_rule(cfg.task.name)
+    rule = split_rule(cfg.task.name)
+    if rule is not None:
+        settings["task.split_rule"] = rule
     return settings
 
 
@@ -652,7 +653,7 @@ def refuse_changed_settings(folder: Path, saved: dict | None, cfg: Config) -> No
         return
     new = json.loads(json.dumps(training_settings(cfg)))  # as the checkpoint's JSON holds it (lists, not tuples)
     if "task.split_rule" in new and "task.split_rule" not in saved:
-        saved = dict(saved, **{"task.split_rule": 1})  # recorded before the rule changed: the first rule
+        saved = dict(saved, **{"task.split_rule": FIRST_SPLIT_RULE})  # recorded before any rule changed
     changed = [f"{key}: {was!r} -> {now!r}" for key, was, now in sorted(changed_settings(saved, new))]
     if changed:
         raise ValueError(f"--resume: {folder} was trained with other settings ({'; '.join(changed[:4])}"

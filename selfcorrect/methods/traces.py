@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 
 
@@ -27,13 +28,16 @@ class TraceRows:
     sequences: list[list[int]] = field(default_factory=list)
     masks: list[list[int]] = field(default_factory=list)
     row_kinds: list[str] = field(default_factory=list)  # per row: 'i->c' or 'c->c'
-    kinds: dict[str, int] = field(default_factory=dict)  # counts, e.g. {'i->c': 12, 'c->c': 30}
+
+    @property
+    def kinds(self) -> dict[str, int]:
+        """Rows per kind, e.g. {'i->c': 12, 'c->c': 30}."""
+        return dict(Counter(self.row_kinds))
 
     def add(self, ids: list[int], mask: list[int], kind: str) -> None:
         self.sequences.append(ids)
         self.masks.append(mask)
         self.row_kinds.append(kind)
-        self.kinds[kind] = self.kinds.get(kind, 0) + 1
 
 
 def _usable(ro, b: int, a: int) -> bool:

@@ -84,6 +84,10 @@ def options_table(name: str) -> str:
     return "\n".join(rows)
 
 
+#: the rule a record that names none was made under (records predate the first change of a rule)
+FIRST_SPLIT_RULE = 1
+
+
 def split_rule(name: str) -> int | None:
     """The version of a built-in task's train/test split rule, for the tasks whose rule has
     changed (arithmetic: 2 since 2026-12-07, commuted twins in one split), else None. Runs and
@@ -95,5 +99,5 @@ def split_rule(name: str) -> int | None:
     return None
 
 
-__all__ = ["Problem", "Task", "Verdict", "build_task", "options_help", "options_table", "split_rule", "task_options",
-           "TASK_NAMES"]
+__all__ = ["FIRST_SPLIT_RULE", "Problem", "Task", "Verdict", "build_task", "options_help", "options_table",
+           "split_rule", "task_options", "TASK_NAMES"]
