@@ -111,6 +111,13 @@ def load_model(name: str, device: torch.device, dtype: torch.dtype):
     raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
 
 
+def load_path(path: str, device: torch.device, dtype: torch.dtype):
+    """(model, tokenizer, note) for a Hugging Face folder."""
+    from selfcorrect import models
+
+    return models.load_policy(path, device, dtype).eval(), models.load_tokenizer(path), path
+
+
 def save_tiny(folder) -> str:
     """The tiny model and its tokenizer as a Hugging Face folder (for code that loads by path)."""
     model, tok, _ = load_model("tiny", torch.device("cpu"), torch.float32)
@@ -255,10 +262,19 @@ def row_text(r: dict) -> str:
             f"{r.get('ratio_vs_hf', '')} |")
 
 
-def engine_order(seeded: bool = False) -> list[str]:
+def engine_order(seeded: bool = False, only: list[str] | None = None) -> list[str]:
     """hf first (the reference every ratio divides by), then the others installed here (seeded:
-    those that can seed rows one by one)."""
-    return ["hf"] + sorted(n for n in installed() if n != "hf" and not (seeded and n in UNSEEDED))
+    those that can seed rows one by one; only: those named)."""
+    return ["hf"] + sorted(n for n in installed() if n != "hf" and not (seeded and n in UNSEEDED)
+                           and (only is None or n in only))
+
+
+def parse_engines(text: str) -> list[str]:
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = [n for n in names if n not in installed()]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"--engines wants names from {', '.join(installed())}, got {text!r}")
+    return names
 
 
 def cell_key(r: dict) -> str:
@@ -294,12 +310,18 @@ def main() -> None:
     parser.add_argument("--greedy", action="store_true", help="also time greedy rollouts")
     parser.add_argument("--seeded", action="store_true", help="per-row seeds: every engine samples the same tokens")
     parser.add_argument("--repeats", type=int, default=1, help="timed rollouts per engine and cell")
+    parser.add_argument("--engines", type=parse_engines, default=None,
+                        help="comma-separated engines to time besides hf (default: every one installed)")
+    parser.add_argument("--model-path", default=None,
+                        help="a Hugging Face model folder to load instead of --model (e.g. a trained run's final/, "
+                             "whose attempt 2 copies more than the base model's)")
     args = parser.parse_args()
 
     device, dtype = pick_device(args.device), DTYPES[args.dtype]
-    model, tok, note = load_model(args.model, device, dtype)
+    model, tok, note = load_model(args.model, device, dtype) if args.model_path is None else load_path(
+        args.model_path, device, dtype)
     task = arithmetic_task(tok, args.prompt_tokens)
-    engines = engine_order(args.seeded)
+    engines = engine_order(args.seeded, args.engines)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     print(f"model: {args.model} ({note}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params), "
           f"device {gpu or 'cpu'}, {args.dtype}, torch {torch.__version__}, torch threads {torch.get_num_threads()}, "

@@ -69,6 +69,8 @@ class RolloutConfig:
     batch_size: int = opt(64, "rows generated at once (memory bound)")
     engine: str = opt("auto", "what generates (training and evaluation): cached (our decode loop: one prefill per "
                       "distinct prompt, attempt 2 continues attempt 1's KV cache, finished rows leave the batch), "
+                      "lookup (cached, plus drafts of each row's next tokens looked up in its own context, attempt 2 "
+                      "in attempt 1, checked in the same forward: exact, fewer forwards where attempts repeat), "
                       "hf (Hugging Face generate, the reference), static (Hugging Face generate into a preallocated "
                       "cache in bucketed shapes, which transformers compiles on CUDA), paged (transformers' continuous "
                       "batching with paged attention, for GPUs; no per-row seeds, so one process), vllm (an in-process vLLM, "

@@ -3,6 +3,8 @@
 - hf: Hugging Face `generate` on left-padded batches; the reference the others are tested against.
 - cached: our decode loop that shares prompt prefills, keeps [x, y1]'s keys/values for attempt 2
   and drops finished rows from the batch.
+- lookup: the cached engine that also drafts each row's next ids from its own context (attempt 2
+  from attempt 1: "prompt lookup") and checks the draft in the same forward; exact.
 - static: Hugging Face `generate` into a preallocated cache, in bucketed shapes, which
   transformers compiles on CUDA.
 - paged: transformers' continuous batching with paged attention (rows join and leave one
@@ -22,6 +24,7 @@ from .base import Engine, Generated, SamplingSettings
 ENGINES = {
     "hf": "selfcorrect.engines.hf:HFGenerate",
     "cached": "selfcorrect.engines.cached:CachedEngine",
+    "lookup": "selfcorrect.engines.lookup:LookupEngine",
     "static": "selfcorrect.engines.static:StaticCacheGenerate",
     "paged": "selfcorrect.engines.paged:PagedGenerate",
     "vllm": "selfcorrect.engines.vllm_engine:VLLMGenerate",

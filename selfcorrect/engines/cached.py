@@ -48,6 +48,7 @@ class CachedEngine:
 
     def __init__(self):
         self._kept: dict[int, _Kept] = {}  # row index of the previous call -> its cache
+        self.stats = {"forwards": 0, "drafted": 0, "accepted": 0}  # decode forwards and draft ids, for benchmarks
 
     def reset(self) -> None:
         self._kept = {}
@@ -72,31 +73,69 @@ class CachedEngine:
 
     # ------------------------------------------------------------------ one batch
     def _generate_rows(self, model, contexts, rows, settings, stop_ids, pad_id, sampler, result, kept) -> None:
+        """Generate `rows` as one batch. Each step feeds every active row its last chosen id and
+        its draft (`_drafts`: none here, so one id; engines/lookup.py proposes some) and chooses
+        tokens position by position while a row's draft holds."""
         device = next(model.parameters()).device
         cache, mask, logits = self._prefill(model, contexts, rows, pad_id, device)
+        logits = logits[:, None, :]  # [b, positions, V]: one position after a prefill
         active = list(range(len(rows)))  # positions in `rows` still generating, in cache-row order
-        temperature = 1.0 if settings.greedy else settings.temperature
-        for step in range(settings.max_new_tokens):
-            tokens, logps = _choose(logits, settings, temperature, sampler, active)
-            done = []
-            for j, (i, tok, lp) in enumerate(zip(active, tokens.tolist(), logps.tolist())):
-                r = rows[i]
-                result.ids[r].append(tok)
-                result.logprobs[r].append(lp)
-                if tok in stop_ids or step + 1 == settings.max_new_tokens:
-                    result.cut[r] = tok not in stop_ids
-                    kept[r] = _Kept(list(contexts[r]) + result.ids[r][:-1], _row_kv(cache, mask, j))
-                    done.append(j)
+        drafts: list[list[int]] = [[] for _ in active]  # what each active row fed after its last id
+        while True:
+            accepted, done = self._choose_positions(logits, drafts, active, rows, settings, sampler, stop_ids,
+                                                    result)
+            fed = logits.shape[1] - 1  # draft columns fed in the last forward
+            for j, m in enumerate(accepted):  # rejected draft positions: masked out for good
+                mask[j, mask.shape[1] - fed + m:] = 0
+            for j in done:
+                r = rows[active[j]]
+                kept[r] = _Kept(list(contexts[r]) + result.ids[r][:-1], _row_kv(cache, mask, j))
             if len(done) == len(active):
                 return
             if done:  # compact: finished rows leave the batch
                 finished = set(done)
                 stay = torch.tensor([j for j in range(len(active)) if j not in finished], device=device)
                 cache.batch_select_indices(stay)
-                mask, tokens = mask[stay], tokens[stay]
+                mask = mask[stay]
                 active = [active[j] for j in stay.tolist()]
-            mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
-            logits = _forward(model, tokens[:, None], mask, cache)
+            drafts = self._drafts(contexts, rows, active, result, settings.max_new_tokens)
+            ids, new_mask = _feed(result, rows, active, drafts, pad_id, device)
+            mask = torch.cat([mask, new_mask], dim=1)
+            logits = forward_logits(model, ids, mask, cache, keep=ids.shape[1])
+            self.stats["forwards"] += 1
+            self.stats["drafted"] += sum(map(len, drafts))
+
+    def _choose_positions(self, logits, drafts, active, rows, settings, sampler, stop_ids,
+                          result) -> tuple[list[int], list[int]]:
+        """Choose each active row's tokens from logits [b, 1 + K, V], position by position while
+        the row's choice equals its draft (a draw is spent only on a token kept); (draft ids
+        accepted per active row, active rows that stopped)."""
+        temperature = 1.0 if settings.greedy else settings.temperature
+        accepted = [0] * len(active)
+        done = []
+        going = list(range(len(active)))
+        for i in range(logits.shape[1]):
+            if not going:
+                break
+            tokens, logps = _choose(logits[going, i], settings, temperature, sampler, [active[j] for j in going])
+            still = []
+            for j, tok, lp in zip(going, tokens.tolist(), logps.tolist()):
+                r = rows[active[j]]
+                result.ids[r].append(tok)
+                result.logprobs[r].append(lp)
+                if tok in stop_ids or len(result.ids[r]) == settings.max_new_tokens:
+                    result.cut[r] = tok not in stop_ids
+                    done.append(j)
+                elif i < len(drafts[j]) and drafts[j][i] == tok:
+                    accepted[j] += 1
+                    still.append(j)
+            going = still
+        self.stats["accepted"] += sum(accepted)
+        return accepted, done
+
+    def _drafts(self, contexts, rows, active, result, limit) -> list[list[int]]:
+        """The ids each active row feeds after its last chosen one: none (one position a step)."""
+        return [[] for _ in active]
 
     def _prefill(self, model, contexts, rows, pad_id, device):
         """Cache, attention mask [b, L] and last logits [b, V] for `rows` after reading their
@@ -118,21 +157,34 @@ class CachedEngine:
         cache, past_mask = _stack_kept([p for p, _ in plans], device)
         new_ids, new_mask = pad_rows([s for _, s in plans], pad_id, side="left")
         mask = torch.cat([past_mask, new_mask.to(device)], dim=1)
-        logits = _forward(model, new_ids.to(device), mask, cache)
+        logits = forward_logits(model, new_ids.to(device), mask, cache, keep=1)[:, -1]
         index = torch.tensor(member, device=device)
         if len(plans) < len(rows):
             cache.batch_select_indices(index)
         return cache, mask[index], logits[index]
 
 
-def _forward(model, ids: torch.Tensor, mask: torch.Tensor, cache) -> torch.Tensor:
-    """Feed ids [b, n] after what `cache` holds; mask [b, L + n] covers both. Returns the last
-    position's logits [b, V] in fp32. Positions count the real tokens of each row only."""
+def _feed(result, rows, active, drafts, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids [b, 1 + K] (each active row's last chosen id, then its draft, right-padded to the
+    longest) and their mask columns [b, 1 + K] (0 on the padding)."""
+    width = 1 + max(map(len, drafts))
+    ids = torch.full((len(active), width), pad_id, dtype=torch.long)
+    new_mask = torch.zeros(len(active), width, dtype=torch.long)
+    for j, (i, draft) in enumerate(zip(active, drafts)):
+        row = [result.ids[rows[i]][-1]] + draft
+        ids[j, :len(row)] = torch.tensor(row)
+        new_mask[j, :len(row)] = 1
+    return ids.to(device), new_mask.to(device)
+
+
+def forward_logits(model, ids: torch.Tensor, mask: torch.Tensor, cache, keep: int) -> torch.Tensor:
+    """Feed ids [b, n] after what `cache` holds; mask [b, L + n] covers both (0 = padding or a
+    position to ignore). Returns the logits of the last `keep` positions [b, keep, V] in fp32.
+    Positions count each row's unmasked tokens only."""
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, -ids.shape[1]:]
-    kwargs = {cache_kwarg(model): cache}
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                logits_to_keep=1, **kwargs)
-    return out.logits[:, -1, :].float()
+                logits_to_keep=keep, **{cache_kwarg(model): cache})
+    return out.logits.float()
 
 
 def _choose(logits: torch.Tensor, settings: SamplingSettings, temperature: float, sampler, rows: list[int]):
