@@ -3,7 +3,9 @@
     python benchmarks/compare_metrics.py RUN_A RUN_B [--rel 1e-5]
 
 Prints the headline metrics of both runs per step and the largest difference over every
-logged number except the wall-clock ones (time_*, gen_tokens_per_s); exits 1 when a number
+logged number except the wall-clock ones (time_*, gen_tokens_per_s) and the engine log-prob
+gap (engine_logprob_gap*: the difference of two fp32 log-probs of the same tokens, about 1e-6,
+which is itself rounding and moves with the batch shapes a rank runs); exits 1 when a number
 differs by more than --rel x its size + --abs (the floor covers fp32 noise on numbers near 0,
 such as the KL of the first steps). The runs must have drawn the same rows: use rollout.seeding problem
 on one process (a launch on several processes uses it by default).
@@ -18,7 +20,7 @@ import sys
 from pathlib import Path
 
 HEADLINE = ("acc_t1", "acc_t2", "delta", "delta_i_to_c", "delta_c_to_i", "kl_t2", "loss", "grad_norm")
-UNTIMED = ("time_", "gen_tokens_per_s")
+NOT_COMPARED = ("time_", "gen_tokens_per_s", "engine_logprob_gap")  # prefixes
 
 
 def read(run: Path) -> list[dict]:
@@ -49,7 +51,7 @@ def main() -> int:
     for x, y in zip(a, b):
         print(f"{x['step']} | " + " | ".join(f"{x[k]:.6g} / {y[k]:.6g}" for k in HEADLINE if k in x))
         for key in x:
-            if not key.startswith(UNTIMED):
+            if not key.startswith(NOT_COMPARED):
                 u, v = float(x[key]), float(y[key])
                 worst = max(worst, (excess(u, v, args.rel, args.abs), key, x["step"]), key=lambda w: w[0])
                 if not (math.isnan(u) and math.isnan(v)):
