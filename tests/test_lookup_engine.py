@@ -60,7 +60,8 @@ def test_forced_drafts_change_no_token(monkeypatch, kind, seeded):
             return right
         if kind == "wrong":
             return wrong
-        return right[:2] + wrong[2:]  # two right, then wrong: a partial acceptance
+        keep = len(seq) % 4  # right, then wrong, accepted to a different depth in different rows and steps
+        return right[:keep] + wrong[keep:]
 
     _forced(monkeypatch, drafts_for)
     engine = LookupEngine(min_drafting=0.0)
@@ -92,7 +93,8 @@ def test_attempt_two_continues_a_cache_with_rejected_positions(monkeypatch, kind
         full = next(r for r in truth if r[:len(seq)] == seq)
         right = full[len(seq):len(seq) + max_tokens]
         wrong = [(t + 3) % len(tok) for t in right]
-        return wrong if kind == "wrong" else right[:1] + wrong[1:]
+        keep = len(seq) % 3  # accepted to different depths in different rows and steps
+        return wrong if kind == "wrong" else right[:keep] + wrong[keep:]
 
     _forced(monkeypatch, drafts_for)
     engine = LookupEngine(min_drafting=0.0)

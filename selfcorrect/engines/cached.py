@@ -56,7 +56,7 @@ class CachedEngine:
     def generate(self, model, contexts, settings: SamplingSettings, *, stop_ids, pad_id: int,
                  batch_size: int, row_seeds: list[int] | None = None) -> Generated:
         check_request(contexts, settings, row_seeds)
-        _check_full_attention(model)
+        _check_full_attention(model, self.name)
         seeded = row_seeds is not None and not settings.greedy
         n = len(contexts)
         result = Generated([[] for _ in range(n)], [False] * n, [[] for _ in range(n)])
@@ -86,7 +86,8 @@ class CachedEngine:
                                                     result)
             fed = logits.shape[1] - 1  # draft columns fed in the last forward
             for j, m in enumerate(accepted):  # rejected draft positions: masked out for good
-                mask[j, mask.shape[1] - fed + m:] = 0
+                if m < fed:
+                    mask[j, mask.shape[1] - fed + m:] = 0
             for j in done:
                 r = rows[active[j]]
                 kept[r] = _Kept(list(contexts[r]) + result.ids[r][:-1], _row_kv(cache, mask, j))
@@ -270,7 +271,7 @@ def supports(model) -> bool:
         getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True) and not types))
 
 
-def _check_full_attention(model) -> None:
+def _check_full_attention(model, engine: str) -> None:
     if not supports(model):
-        raise ValueError(f"rollout engine 'cached' needs full attention in every layer; {type(model).__name__} "
+        raise ValueError(f"rollout engine {engine!r} needs full attention in every layer; {type(model).__name__} "
                          "has sliding-window layers: use --rollout.engine hf")
