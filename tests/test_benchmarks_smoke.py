@@ -44,9 +44,10 @@ def positive(value) -> bool:
     return isinstance(value, (int, float)) and value > 0
 
 
-def check_rollout_summary(result: dict, batches: list[int]) -> None:
+def check_rollout_summary(result: dict, batches: list[int], left_out: tuple[str, ...] = ()) -> None:
     cells = {(r["engine"], r["batch"]) for r in result["results"]}
-    assert cells == {(e, b) for e in installed() for b in batches}  # every engine, every width
+    # every engine (but those the script leaves out), every width
+    assert cells == {(e, b) for e in installed() if e not in left_out for b in batches}
     assert all(positive(v) for v in result["tokens_per_s"].values())
     assert set(result["ratio_vs_hf"]) == {k for k in result["tokens_per_s"] if not k.startswith("hf@")}
     assert all(positive(v) for v in result["ratio_vs_hf"].values())
@@ -82,7 +83,7 @@ def test_gpu_bench_cpu_smoke(tmp_path):
 
 
 def check_gpu_bench(result: dict) -> None:
-    check_rollout_summary(result["rollout"], [8])
+    check_rollout_summary(result["rollout"], [8], left_out=("lookup",))  # gpu_bench.py: random rows never repeat
     update = result["update"]
     for key in ("update_seconds", "step_seconds", "trained_tokens", "mfu", "mfu_with_reference"):
         assert positive(update[key]), key
