@@ -276,7 +276,7 @@ class Trainer:
         best = self.state.get("best_window_reward")
         if best is not None and mean <= best:
             return
-        self.state["best_window_reward"], self.state["best_step"] = mean, self.state["step"]
+        self.state["best_window_reward"] = mean
         self.save_final(self.run_dir / "best")
         selection = {"step": self.state["step"], "mean_reward": mean, "window": window,
                      "reward": f"reward_t{self.cfg.rollout.attempts}"}

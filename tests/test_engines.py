@@ -6,15 +6,10 @@ import torch
 from selfcorrect.engines import UNSEEDED, make_engine
 from selfcorrect.engines.base import SamplingSettings
 from selfcorrect.engines.hf import HFGenerate
-from selfcorrect.rollout import ChatFormat, rollout, verify
-from tiny import ENGINE_HIDDEN, EchoTask, engine_params, tiny_model, tiny_tokenizer
+from selfcorrect.rollout import verify
+from tiny import ENGINE_HIDDEN, chat_contexts, echo_rollouts, engine_params, tiny_model, tiny_tokenizer
 
 NAMES = engine_params()
-
-
-def _contexts(tok, lengths=(1, 7, 20, 3)):
-    fmt = ChatFormat(tok)
-    return [fmt.first_ids([{"role": "user", "content": "x" * n}]) for n in lengths]
 
 
 def _one_by_one(model, tok, contexts, settings, stop_ids):
@@ -27,7 +22,7 @@ def _one_by_one(model, tok, contexts, settings, stop_ids):
 def test_greedy_equals_one_by_one_hf_generate(name):
     tok = tiny_tokenizer()
     model = tiny_model(tok, seed=3, hidden=ENGINE_HIDDEN)
-    contexts = _contexts(tok)
+    contexts = chat_contexts(tok)
     settings = SamplingSettings(greedy=True, max_new_tokens=12)
     stop = {tok.eos_token_id}
     out = make_engine(name).generate(model, contexts, settings, stop_ids=stop, pad_id=tok.pad_token_id, batch_size=3)
@@ -39,7 +34,7 @@ def test_greedy_equals_one_by_one_hf_generate(name):
 def test_each_row_stops_at_its_own_stop_token(name):
     tok = tiny_tokenizer()
     model = tiny_model(tok, seed=3, hidden=ENGINE_HIDDEN)
-    contexts = _contexts(tok)
+    contexts = chat_contexts(tok)
     settings = SamplingSettings(greedy=True, max_new_tokens=12)
     free = _one_by_one(model, tok, contexts, settings, {tok.eos_token_id})
     # make the 3rd greedy token of row 0 a stop token: row 0 must end there, the others not
@@ -56,7 +51,7 @@ def test_each_row_stops_at_its_own_stop_token(name):
 def test_k_samples_per_prompt_are_independent_draws(name):
     tok = tiny_tokenizer()
     model = tiny_model(tok, seed=5, hidden=ENGINE_HIDDEN)
-    contexts = _contexts(tok, (4,)) * 8
+    contexts = chat_contexts(tok, (4,)) * 8
     settings = SamplingSettings(greedy=False, temperature=1.0, max_new_tokens=8)
     torch.manual_seed(0)
     out = make_engine(name).generate(model, contexts, settings, stop_ids={tok.eos_token_id},
@@ -69,7 +64,7 @@ def test_k_samples_per_prompt_are_independent_draws(name):
 def test_seeded_rows_match_the_reference_engine(name):
     tok = tiny_tokenizer()
     model = tiny_model(tok, seed=5, hidden=ENGINE_HIDDEN)
-    contexts = _contexts(tok)
+    contexts = chat_contexts(tok)
     settings = SamplingSettings(greedy=False, temperature=0.8, max_new_tokens=8)
     stop = {tok.eos_token_id}
     seeds = [11, 12, 13, 14]
@@ -93,7 +88,7 @@ def test_engine_logprobs_are_the_models_at_the_temperature(name, seeds, top_p):
 
     tok = tiny_tokenizer()
     model = tiny_model(tok, seed=5, hidden=ENGINE_HIDDEN)
-    contexts = _contexts(tok)
+    contexts = chat_contexts(tok)
     settings = SamplingSettings(greedy=False, temperature=0.7, top_p=top_p, max_new_tokens=8)
     torch.manual_seed(0)
     if name in UNSEEDED and (seeds is not None or top_p < 1):
@@ -116,15 +111,10 @@ def test_engine_logprobs_are_the_models_at_the_temperature(name, seeds, top_p):
 def test_multi_turn_rollout_equals_the_reference_engine(name):
     """Attempt 2 continues [x, y1, p]: an engine that reuses state between turns must give the
     rows the stateless reference gives (greedy), and be reusable after the rollout."""
-    tok = tiny_tokenizer()
-    model = tiny_model(tok, seed=1, hidden=ENGINE_HIDDEN)
-    task = EchoTask(3)
-    problems = task.load("train")
-    settings = SamplingSettings(greedy=True, max_new_tokens=6)
-    ref = rollout(model, tok, task, problems, n_attempts=3, samples_per_problem=2, settings=settings, batch_size=4)
+    _, task, run = echo_rollouts()
+    ref = run()
     engine = make_engine(name)
     for _ in range(2):  # the same engine twice: nothing stale survives a rollout
-        ro = rollout(model, tok, task, problems, n_attempts=3, samples_per_problem=2, settings=settings,
-                     batch_size=4, engine=engine)
+        ro = run(engine)
         assert ro.rows == ref.rows and ro.turns == ref.turns
     verify(task, ro)

@@ -14,8 +14,7 @@ from selfcorrect.engines.base import SamplingSettings
 from selfcorrect.engines.cached import CachedEngine
 from selfcorrect.engines.hf import HFGenerate
 from selfcorrect.engines.lookup import LookupEngine, draft_from_context
-from selfcorrect.rollout import ChatFormat, rollout
-from tiny import ENGINE_HIDDEN, EchoTask, tiny_model, tiny_tokenizer
+from tiny import ENGINE_HIDDEN, chat_contexts, echo_rollouts, tiny_model, tiny_tokenizer
 
 
 def test_draft_is_what_followed_the_latest_longest_match():
@@ -29,11 +28,6 @@ def test_draft_is_what_followed_the_latest_longest_match():
     assert draft_from_context([4, 1, 4, 1], 5, ngram=2) == [4, 1]  # a 2-gram: [4, 1] at 0, followed by 4, 1
 
 
-def _contexts(tok):
-    fmt = ChatFormat(tok)
-    return [fmt.first_ids([{"role": "user", "content": "x" * n}]) for n in (1, 7, 20, 3)]
-
-
 def _forced(monkeypatch, drafts_for):
     """Make every draft drafts_for(sequence, max_tokens) instead of a lookup."""
     monkeypatch.setattr(lookup, "draft_from_context", lambda seq, max_tokens, *args: drafts_for(seq, max_tokens))
@@ -44,7 +38,7 @@ def _forced(monkeypatch, drafts_for):
 def test_forced_drafts_change_no_token(monkeypatch, kind, seeded):
     tok = tiny_tokenizer()
     model = tiny_model(tok, seed=5, hidden=ENGINE_HIDDEN)
-    contexts = _contexts(tok)
+    contexts = chat_contexts(tok)
     stop = {tok.eos_token_id}
     seeds = [21, 22, 23, 24] if seeded else None
     settings = SamplingSettings(greedy=not seeded, temperature=0.8, max_new_tokens=10)
@@ -81,12 +75,8 @@ def test_forced_drafts_change_no_token(monkeypatch, kind, seeded):
 def test_attempt_two_continues_a_cache_with_rejected_positions(monkeypatch, kind):
     """Rejected drafts leave masked positions in the keys/values attempt 2 continues: the rows
     must still be the stateless reference's."""
-    tok = tiny_tokenizer()
-    model = tiny_model(tok, seed=1, hidden=ENGINE_HIDDEN)
-    task = EchoTask(3)
-    problems = task.load("train")
-    settings = SamplingSettings(greedy=True, max_new_tokens=6)
-    ref = rollout(model, tok, task, problems, n_attempts=3, samples_per_problem=2, settings=settings, batch_size=4)
+    tok, _, run = echo_rollouts()
+    ref = run()
     truth = [list(r) for r in ref.rows]
 
     def drafts_for(seq, max_tokens):
@@ -98,8 +88,7 @@ def test_attempt_two_continues_a_cache_with_rejected_positions(monkeypatch, kind
 
     _forced(monkeypatch, drafts_for)
     engine = LookupEngine(min_drafting=0.0)
-    ro = rollout(model, tok, task, problems, n_attempts=3, samples_per_problem=2, settings=settings,
-                 batch_size=4, engine=engine)
+    ro = run(engine)
     assert ro.rows == ref.rows and ro.turns == ref.turns
     assert engine.stats["drafted"] > engine.stats["accepted"]
 

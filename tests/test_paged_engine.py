@@ -6,14 +6,8 @@ import torch
 
 from selfcorrect.engines import make_engine, paged
 from selfcorrect.engines.base import SamplingSettings
-from selfcorrect.rollout import ChatFormat
 from test_train import make_trainer, tiny_config
-from tiny import tiny_model, tiny_tokenizer
-
-
-def _contexts(tok, lengths):
-    fmt = ChatFormat(tok)
-    return [fmt.first_ids([{"role": "user", "content": "x" * n}]) for n in lengths]
+from tiny import chat_contexts, tiny_model, tiny_tokenizer
 
 
 def test_the_cache_holds_the_batch_size_longest_rows_at_full_length():
@@ -28,7 +22,7 @@ def test_the_same_torch_seed_draws_the_same_rows():
     call's samples (what exact resume needs), and the process's stream moves on after it."""
     tok = tiny_tokenizer()
     model = tiny_model(tok, seed=5)
-    contexts = _contexts(tok, (1, 4, 9)) * 3
+    contexts = chat_contexts(tok, (1, 4, 9)) * 3
     settings = SamplingSettings(greedy=False, temperature=1.0, max_new_tokens=8)
 
     def draw():
@@ -47,7 +41,7 @@ def test_a_request_that_cannot_run_is_an_error_not_a_hang(monkeypatch):
     model = tiny_model(tok, seed=3)
     monkeypatch.setattr(paged, "cache_pages", lambda *args: 1)  # smaller than any row
     with pytest.raises(RuntimeError, match="requests did not finish"):
-        make_engine("paged").generate(model, _contexts(tok, (40, 3)), SamplingSettings(max_new_tokens=30),
+        make_engine("paged").generate(model, chat_contexts(tok, (40, 3)), SamplingSettings(max_new_tokens=30),
                                       stop_ids={tok.eos_token_id}, pad_id=tok.pad_token_id, batch_size=2)
 
 
@@ -91,7 +85,7 @@ def test_a_bf16_lora_run_samples_as_the_hf_engine_under_the_callers_autocast():
     runs = {}
     for name in ("hf", "paged"):
         with autocast(torch.device("cpu"), dtype, model):
-            runs[name] = make_engine(name).generate(model, _contexts(tok, (3, 8)), settings,
+            runs[name] = make_engine(name).generate(model, chat_contexts(tok, (3, 8)), settings,
                                                     stop_ids={tok.eos_token_id}, pad_id=tok.pad_token_id, batch_size=2)
     assert runs["paged"].ids == runs["hf"].ids
     for paged_row, hf_row in zip(runs["paged"].logprobs, runs["hf"].logprobs):
@@ -134,7 +128,7 @@ def test_a_failure_before_the_loop_starts_restores_the_models_attention(monkeypa
 
     monkeypatch.setattr(ContinuousBatchingManager, "add_requests", refuse)
     with pytest.raises(RuntimeError, match="queue refused"):
-        make_engine("paged").generate(model, _contexts(tok, (3,)), SamplingSettings(max_new_tokens=2),
+        make_engine("paged").generate(model, chat_contexts(tok, (3,)), SamplingSettings(max_new_tokens=2),
                                       stop_ids={tok.eos_token_id}, pad_id=tok.pad_token_id, batch_size=1)
     assert model.config._attn_implementation == "eager"
 
@@ -145,6 +139,6 @@ def test_a_greedy_call_leaves_torchs_generator_as_it_found_it():
     torch.manual_seed(3)
     expected = torch.rand(3)
     torch.manual_seed(3)
-    make_engine("paged").generate(model, _contexts(tok, (3, 5)), SamplingSettings(greedy=True, max_new_tokens=3),
+    make_engine("paged").generate(model, chat_contexts(tok, (3, 5)), SamplingSettings(greedy=True, max_new_tokens=3),
                                   stop_ids={tok.eos_token_id}, pad_id=tok.pad_token_id, batch_size=2)
     assert torch.equal(torch.rand(3), expected)

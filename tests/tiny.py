@@ -70,3 +70,30 @@ class EchoTask(Task):
     def score(self, problems, responses):
         return [Verdict(1.0, r, CORRECT) if any(c in r for c in p.reference) else Verdict(0.0, r, WRONG_ANSWER)
                 for p, r in zip(problems, responses)]
+
+
+def chat_contexts(tok, lengths=(1, 7, 20, 3)) -> list[list[int]]:
+    """Chat-templated first-turn contexts of one user message of 'x' * n, one per length."""
+    from selfcorrect.rollout import ChatFormat
+
+    fmt = ChatFormat(tok)
+    return [fmt.first_ids([{"role": "user", "content": "x" * n}]) for n in lengths]
+
+
+def echo_rollouts():
+    """The multi-turn engine check: (tokenizer, EchoTask(3), run) where run(engine=None) is a greedy
+    3-attempt rollout of 2 samples per problem on one tiny model (None: the hf reference)."""
+    from selfcorrect.engines.base import SamplingSettings
+    from selfcorrect.rollout import rollout
+
+    tok = tiny_tokenizer()
+    model = tiny_model(tok, seed=1, hidden=ENGINE_HIDDEN)
+    task = EchoTask(3)
+    problems = task.load("train")
+    settings = SamplingSettings(greedy=True, max_new_tokens=6)
+
+    def run(engine=None):
+        return rollout(model, tok, task, problems, n_attempts=3, samples_per_problem=2, settings=settings,
+                       batch_size=4, engine=engine)
+
+    return tok, task, run
