@@ -14,6 +14,8 @@ import math
 
 import torch
 
+from .fp32_attention import fp32_attention
+
 HALF = (torch.bfloat16, torch.float16)
 
 
@@ -73,7 +75,8 @@ def autocast(device: torch.device, dtype: torch.dtype | None, model=None):
     With `model`, its peft LoRA layers stop casting their inputs to the adapters' fp32 dtype
     meanwhile: autocast chooses the matmul dtype anyway, and those casts copied every
     activation of every adapted layer to fp32 and back (on CPU, aten::copy_ was a fifth of a
-    bf16 LoRA update)."""
+    bf16 LoRA update). On a CPU the models' attention runs in fp32 meanwhile (fp32_attention.py:
+    faster there, and exact)."""
     if dtype is None:
         yield
         return
@@ -83,7 +86,7 @@ def autocast(device: torch.device, dtype: torch.dtype | None, model=None):
     for layer in layers:
         layer.cast_input_dtype_enabled = False
     try:
-        with torch.autocast(device_type=device.type, dtype=dtype):
+        with torch.autocast(device_type=device.type, dtype=dtype), fp32_attention(device):
             yield
     finally:
         for layer, value in zip(layers, before):

@@ -155,6 +155,18 @@ def test_update_speed_tiny():
     assert result["max_loss_gap"] < 1e-4  # the three ways compute the same loss
 
 
+def test_cpu_attention_speed_tiny():
+    result = run_script("cpu_attention_speed.py", "--model", "tiny", "--repeats", "1", "--problems", "2",
+                        "--samples", "2", "--max-new-tokens", "4")
+    for key in ("autocast_rollout_seconds", "fp32_rollout_seconds", "autocast_update_seconds",
+                "fp32_update_seconds", "rollout_speedup", "update_speedup"):
+        assert positive(result[key]), key
+    errors = result["logprob_error_vs_fp32"]
+    assert positive(errors["autocast"]["rms"]) and positive(errors["fp32"]["rms"])  # bf16 elsewhere in both
+    assert errors["fp32"]["rms"] != errors["autocast"]["rms"]  # the switch was turned off for one way
+    assert result["scored_tokens"] == 2 * 2 * 2 * 4
+
+
 def test_logprob_precision_tiny():
     result = run_script("logprob_precision.py", "--model", "tiny", "--train-steps", "1", "--repeats", "1",
                         "--problems", "2", "--samples", "2", "--max-new-tokens", "4")

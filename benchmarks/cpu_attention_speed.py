@@ -1,0 +1,135 @@
+"""Attention under bf16 autocast on a CPU: autocast's bf16 attention against fp32 attention
+(selfcorrect/fp32_attention.py, the default), side by side in one run.
+
+    OMP_NUM_THREADS=2 python benchmarks/cpu_attention_speed.py               # SmolLM2, full weights, vs_trl settings
+    python benchmarks/cpu_attention_speed.py --model tiny --repeats 1        # a smoke run
+
+The trainer of benchmarks/vs_trl.py (bf16 autocast over fp32 master weights, P problems x k
+samples, 2 attempts of exactly --max-new-tokens tokens: stop tokens ignored, so both ways
+generate the same number of tokens). Per repeat, each way in turn (after one warm-up each):
+- rollout: one two-attempt rollout of the same problems from the same seed;
+- update: reference and policy log-probs, loss and backward over one fixed rollout
+  (`Trainer._accumulate_gradients`, as benchmarks/update_speed.py times it).
+Precision, once: the log-probs of that rollout's attempt tokens under each way against the same
+model in fp32 without autocast (the values bf16 approximates): rms and max error.
+
+The last line printed is one JSON object: medians per way and phase, the speedups (autocast's
+time / fp32 attention's) and the errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rollout_speed import save_tiny  # noqa: E402
+from vs_trl import add_step_arguments, our_config, parse_step_arguments  # noqa: E402
+
+from selfcorrect import fp32_attention, models  # noqa: E402
+from selfcorrect.optim import autocast  # noqa: E402
+from selfcorrect.rollout import rollout, verify  # noqa: E402
+from selfcorrect.shared_prompt import first_scored  # noqa: E402
+from selfcorrect.tasks import build_task  # noqa: E402
+from selfcorrect.train import Trainer, sampling_settings  # noqa: E402
+
+WAYS = {"autocast": False, "fp32": True}  # way -> fp32_attention.ENABLED
+
+
+def draw(trainer: Trainer, task, problems, cfg, seed: int):
+    torch.manual_seed(seed)
+    with autocast(trainer.device, trainer.compute_dtype, trainer.model):
+        ro = rollout(trainer.model, trainer.tok, task, problems, n_attempts=2,
+                     samples_per_problem=cfg.rollout.samples_per_problem, settings=sampling_settings(cfg),
+                     batch_size=cfg.rollout.batch_size, fmt=trainer.fmt, engine=trainer.engine)
+    return ro
+
+
+def attempt_logprobs(trainer: Trainer, ro) -> torch.Tensor:
+    """The trainer's log-probs of every attempt token of `ro` (flat, fp32), no gradients."""
+    ids, mask, turns = ro.tensors(range(len(ro.rows)), trainer.tok.pad_token_id, trainer.device)
+    starts = first_scored(turns, mask.sum(dim=1))
+    first = int(starts.min())
+    scored = turns[:, first:] > 0
+    with torch.no_grad():
+        logp = trainer.logprobs(trainer.model, ids, mask, first, starts, scored=scored)
+    return logp[scored]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_step_arguments(parser)
+    parser.set_defaults(dtype="bfloat16")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rollouts and updates per way (after a warm-up)")
+    args = parse_step_arguments(parser)
+    if args.dtype != "bfloat16" or args.device != "cpu":
+        parser.error("this compares attention under bf16 autocast on a CPU: --dtype bfloat16 --device cpu")
+
+    work = Path(tempfile.mkdtemp(prefix="cpu-attention-"))
+    name = models.SMOLLM2_NAME if args.model == "smollm2" else save_tiny(work / "tiny-model")
+    cfg = our_config(SimpleNamespace(**vars(args), engine="auto", steps=0, full_rows=False), name, work / "run")
+    task = build_task(cfg.task.name, cfg.task.options)
+    trainer = Trainer(cfg, task)
+    trainer.fmt.stop_ids = frozenset()  # every attempt runs to --max-new-tokens on both ways
+    problems = trainer.next_problems()
+    print(f"model {args.model}, {'LoRA' if args.lora else 'full weights'}, bf16 autocast, cpu, {len(problems)} "
+          f"problems x {args.samples} samples x 2 attempts of {args.max_new_tokens} tokens, "
+          f"torch threads {torch.get_num_threads()}", flush=True)
+
+    fixed = draw(trainer, task, problems, cfg, seed=0)
+    verify(task, fixed)
+    _, _, adv, valid = trainer.advantages(fixed, 1)
+    seconds = {(way, phase): [] for way in WAYS for phase in ("rollout", "update")}
+    for turn in range(args.repeats + 1):
+        for way, enabled in WAYS.items():
+            fp32_attention.ENABLED = enabled
+            start = time.perf_counter()
+            draw(trainer, task, problems, cfg, seed=turn + 1)
+            rollout_s = time.perf_counter() - start
+            trainer.optimizer.zero_grad(set_to_none=True)
+            start = time.perf_counter()
+            trainer._accumulate_gradients(fixed, adv, valid, 1)
+            update_s = time.perf_counter() - start
+            trainer.optimizer.zero_grad(set_to_none=True)
+            if turn:  # turn 0 warms up
+                seconds[way, "rollout"].append(rollout_s)
+                seconds[way, "update"].append(update_s)
+            print(f"{way:8} rollout {rollout_s:.2f} s, update {update_s:.2f} s{'' if turn else ' (warm-up)'}",
+                  flush=True)
+
+    errors = {}
+    compute_dtype, trainer.compute_dtype = trainer.compute_dtype, None  # fp32 masters, no autocast: exact
+    exact = attempt_logprobs(trainer, fixed)
+    trainer.compute_dtype = compute_dtype
+    for way, enabled in WAYS.items():
+        fp32_attention.ENABLED = enabled
+        diff = attempt_logprobs(trainer, fixed) - exact
+        errors[way] = {"rms": float(diff.pow(2).mean().sqrt()), "max": float(diff.abs().max())}
+    fp32_attention.ENABLED = True
+
+    median = {f"{way}_{phase}_seconds": round(statistics.median(v), 4) for (way, phase), v in seconds.items()}
+    result = {**median, "runs": {f"{way}_{phase}": [round(x, 4) for x in v] for (way, phase), v in seconds.items()},
+              "rollout_speedup": round(median["autocast_rollout_seconds"] / median["fp32_rollout_seconds"], 4),
+              "update_speedup": round(median["autocast_update_seconds"] / median["fp32_update_seconds"], 4),
+              "logprob_error_vs_fp32": errors, "scored_tokens": int(exact.numel()),
+              "settings": {"model": args.model, "lora": args.lora, "problems": args.problems, "samples": args.samples,
+                           "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
+                           "threads": torch.get_num_threads()}}
+    print(f"rollout: autocast attention {median['autocast_rollout_seconds']:.2f} s, fp32 attention "
+          f"{median['fp32_rollout_seconds']:.2f} s ({result['rollout_speedup']:.2f}x); update: "
+          f"{median['autocast_update_seconds']:.2f} s against {median['fp32_update_seconds']:.2f} s "
+          f"({result['update_speedup']:.2f}x); log-prob rms error against fp32: autocast "
+          f"{errors['autocast']['rms']:.2e}, fp32 attention {errors['fp32']['rms']:.2e}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
