@@ -38,6 +38,7 @@ from .batches import micro_batches, token_logprobs
 from .config import Config, changed_settings, flat_settings, save_yaml, to_dict
 from .metrics import edit_distance_ratio, self_correction_metrics
 from .optim import adamw, autocast, fp32_master_weights, lr_factor
+from .fp32_attention import fp32_attention
 from .precision import fp32_logits, match_master_precision
 from .parallel import Replicated, generation_view
 from .progress import progress
@@ -412,13 +413,20 @@ class Trainer:
                 loss, stats = losses.policy_loss(logp, ref_logp, tok_adv, pg_mask, kl_coef, label_turns,
                                                  estimator=cfg.algo.kl_estimator, reduction=cfg.algo.reduction,
                                                  denominator=max(denominator, 1.0))
-                (loss * self.replicated.grad_scale if self.world > 1 else loss).backward()
+                self._backward(loss * self.replicated.grad_scale if self.world > 1 else loss)
                 total += float(loss.detach())
                 parts.append({**stats, **engine_gap(logp.detach(), ro.engine_logprobs(rows, ids.shape[1])[:, first:])})
         if self.world > 1:  # the step's statistics are sums: add every rank's micro-batches
             parts = [part for rank_parts in distributed.gather_objects(parts) for part in rank_parts]
             total = distributed.all_reduce_sums({"loss": total})["loss"]
         return total, losses.combine_stats(parts)
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        """loss.backward() with attention as the forward computed it: gradient checkpointing
+        recomputes the forward here, and on a CPU that forward's attention ran in fp32
+        (fp32_attention.py, entered by the log-prob passes' autocast)."""
+        with fp32_attention(self.device):
+            loss.backward()
 
     def _dummy_pass(self) -> None:
         """A zero-weight micro-batch: the reference and policy forwards and a backward of 0 · Σ logp,
@@ -427,7 +435,7 @@ class Trainer:
         mask = torch.ones_like(ids)
         with torch.no_grad(), self.reference.active() as ref_model:
             self.logprobs(ref_model, ids, mask, 1)
-        (self.logprobs(self.replicated.train_model, ids, mask, 1).sum() * 0.0).backward()
+        self._backward(self.logprobs(self.replicated.train_model, ids, mask, 1).sum() * 0.0)
 
     def _base_first_attempts(self, problems, sampling) -> list[list[int]]:
         """Attempt-1 ids per row drawn from the base (reference) model, sampled once per problem
