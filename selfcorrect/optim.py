@@ -76,7 +76,7 @@ def autocast(device: torch.device, dtype: torch.dtype | None, model=None):
     meanwhile: autocast chooses the matmul dtype anyway, and those casts copied every
     activation of every adapted layer to fp32 and back (on CPU, aten::copy_ was a fifth of a
     bf16 LoRA update). On a CPU the models' attention runs in fp32 meanwhile (fp32_attention.py:
-    faster there, and exact)."""
+    faster there, and more exact)."""
     if dtype is None:
         yield
         return
