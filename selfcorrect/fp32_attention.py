@@ -74,7 +74,7 @@ def _registry():
 
 def _local_entry(registry):
     """The registry instance's own "sdpa" override (a user's), or None where it reads the class-wide one."""
-    return registry["sdpa"] if registry["sdpa"] is not type(registry)._global_mapping.get("sdpa") else None
+    return registry._local_mapping.get("sdpa")
 
 
 def _outside_autocast(attend):
