@@ -35,33 +35,17 @@ from rollout_speed import save_tiny  # noqa: E402
 from vs_trl import add_step_arguments, our_config, parse_step_arguments  # noqa: E402
 
 from selfcorrect import fp32_attention, models  # noqa: E402
-from selfcorrect.optim import autocast  # noqa: E402
-from selfcorrect.rollout import rollout, verify  # noqa: E402
-from selfcorrect.shared_prompt import first_scored  # noqa: E402
+from selfcorrect.rollout import verify  # noqa: E402
 from selfcorrect.tasks import build_task  # noqa: E402
-from selfcorrect.train import Trainer, sampling_settings  # noqa: E402
+from selfcorrect.train import Trainer  # noqa: E402
 
 WAYS = {"autocast": False, "fp32": True}  # way -> fp32_attention.ENABLED
 
 
-def draw(trainer: Trainer, task, problems, cfg, seed: int):
+def draw(trainer: Trainer, problems, seed: int):
+    """One two-attempt rollout as the trainer samples, from `seed`."""
     torch.manual_seed(seed)
-    with autocast(trainer.device, trainer.compute_dtype, trainer.model):
-        ro = rollout(trainer.model, trainer.tok, task, problems, n_attempts=2,
-                     samples_per_problem=cfg.rollout.samples_per_problem, settings=sampling_settings(cfg),
-                     batch_size=cfg.rollout.batch_size, fmt=trainer.fmt, engine=trainer.engine)
-    return ro
-
-
-def attempt_logprobs(trainer: Trainer, ro) -> torch.Tensor:
-    """The trainer's log-probs of every attempt token of `ro` (flat, fp32), no gradients."""
-    ids, mask, turns = ro.tensors(range(len(ro.rows)), trainer.tok.pad_token_id, trainer.device)
-    starts = first_scored(turns, mask.sum(dim=1))
-    first = int(starts.min())
-    scored = turns[:, first:] > 0
-    with torch.no_grad():
-        logp = trainer.logprobs(trainer.model, ids, mask, first, starts, scored=scored)
-    return logp[scored]
+    return trainer.draw(problems, 2)
 
 
 def main() -> None:
@@ -84,7 +68,7 @@ def main() -> None:
           f"problems x {args.samples} samples x 2 attempts of {args.max_new_tokens} tokens, "
           f"torch threads {torch.get_num_threads()}", flush=True)
 
-    fixed = draw(trainer, task, problems, cfg, seed=0)
+    fixed = draw(trainer, problems, seed=0)
     verify(task, fixed)
     _, _, adv, valid = trainer.advantages(fixed, 1)
     seconds = {(way, phase): [] for way in WAYS for phase in ("rollout", "update")}
@@ -92,7 +76,7 @@ def main() -> None:
         for way, enabled in WAYS.items():
             fp32_attention.ENABLED = enabled
             start = time.perf_counter()
-            draw(trainer, task, problems, cfg, seed=turn + 1)
+            draw(trainer, problems, seed=turn + 1)
             rollout_s = time.perf_counter() - start
             trainer.optimizer.zero_grad(set_to_none=True)
             start = time.perf_counter()
@@ -107,11 +91,11 @@ def main() -> None:
 
     errors = {}
     compute_dtype, trainer.compute_dtype = trainer.compute_dtype, None  # fp32 masters, no autocast: exact
-    exact = attempt_logprobs(trainer, fixed)
+    exact = trainer.attempt_logprobs(fixed)[0]
     trainer.compute_dtype = compute_dtype
     for way, enabled in WAYS.items():
         fp32_attention.ENABLED = enabled
-        diff = attempt_logprobs(trainer, fixed) - exact
+        diff = trainer.attempt_logprobs(fixed)[0] - exact
         errors[way] = {"rms": float(diff.pow(2).mean().sqrt()), "max": float(diff.abs().max())}
     fp32_attention.ENABLED = True
 

@@ -77,6 +77,10 @@ class RolloutConfig:
                       "an optional package, the weights copied in after each update; no per-row seeds, one process), "
                       "auto (cached where the "
                       "model has full attention in every layer, else hf)", ENGINE_NAMES)
+    merge_lora: bool = opt(True, "LoRA: generate with each adapter folded into its layer's weight (W + s B A, made "
+                           "once per rollout: one extra copy of the adapted weights while generating) instead of "
+                           "peft's two extra products per layer and token; the same policy up to rounding "
+                           "(docs/PERFORMANCE.md). false: peft's forward, the update's own arithmetic")
     seeding: str = opt("auto", "training sampling: stream (one RNG stream per process), problem (each row "
                        "seeded from the run seed, the problem's position in the data order and the sample "
                        "number: the same rows at any batch size or world size), or auto (stream on one "

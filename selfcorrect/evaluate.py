@@ -17,6 +17,7 @@ import numpy as np
 from . import distributed, models
 from .atomic import atomic_folder
 from .config import Config, save_yaml
+from .merged_lora import merged_lora
 from .parallel import generation_view
 from .progress import progress as progress_report
 from .results import EvalResult, gather_problems, problem_record, rewards_row, summarise
@@ -102,8 +103,9 @@ def evaluate_config(cfg: Config, *, model=None, tokenizer=None, task: Task | Non
         settings = dict(max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
                         batch_size=cfg.eval.batch_size, bootstrap=cfg.eval.bootstrap, seed=cfg.run.seed,
                         progress=cfg.run.progress, desc=f"eval {label}")
-        # an FSDP-sharded model (a policy trained under FSDP) is gathered for the evaluation
-        with generation_view(model):
+        # an FSDP-sharded model (a policy trained under FSDP) is gathered for the evaluation; an
+        # in-memory LoRA policy generates with its adapters folded in (merged_lora.py)
+        with generation_view(model), merged_lora(model, cfg.rollout.merge_lora):
             if refine:
                 result = self_refine_evaluate(model, tokenizer, task, problems, **settings)
             else:

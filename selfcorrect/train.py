@@ -40,6 +40,7 @@ from .metrics import edit_distance_ratio, self_correction_metrics
 from .optim import adamw, autocast, fp32_master_weights, lr_factor
 from .fp32_attention import fp32_attention
 from .precision import fp32_logits, match_master_precision
+from .merged_lora import merged_lora
 from .parallel import Replicated, generation_view
 from .progress import progress
 from .engines import SEEDED, UNSEEDED, make_engine
@@ -328,19 +329,12 @@ class Trainer:
         lo, hi = distributed.shard_bounds(len(batch))
         problems = batch[lo:hi]
         seeds = self._row_seeds(list(range(first + lo, first + hi)))
-        k, n_att = cfg.rollout.samples_per_problem, attempts_at(self.plan, self.state["step"], cfg.rollout.attempts)
-        sampling = sampling_settings(cfg)
+        n_att = attempts_at(self.plan, self.state["step"], cfg.rollout.attempts)
         # eval mode throughout: dropout (LoRA's or the base model's) would make the trained
         # log-probs those of another policy than the one that sampled, and the reference random
         self.model.eval()
-        with timer("rollout"), autocast(self.device, self.compute_dtype, self.model):
-            given = self._base_first_attempts(problems, sampling) if cfg.algo.turn1 == "base" else None
-            with self.replicated.generation() as policy, fp32_logits(policy, self.fp32_logits):
-                ro = rollout(policy, self.tok, self.task, problems, n_attempts=n_att, samples_per_problem=k,
-                             settings=sampling, batch_size=cfg.rollout.batch_size, fmt=self.fmt,
-                             first_attempts=given, row_seeds=seeds, engine=self.engine)
-        if given is not None:  # fixed base-model samples are context here: never trained, no KL
-            ro.turns = [[0 if t == 1 else t for t in turns] for turns in ro.turns]
+        with timer("rollout"):
+            ro = self.draw(problems, n_att, seeds)
         with timer("verify"):
             verify(self.task, ro)
         with timer("rewards"):
@@ -359,6 +353,22 @@ class Trainer:
         # the step takes as long as its slowest rank
         metrics.update({key: round(s, 4) for key, s in distributed.all_reduce_sums(times, op="max").items()})
         return metrics
+
+    def draw(self, problems: list, n_attempts: int, row_seeds: list[int] | None = None):
+        """One rollout of `problems` (k samples each) as the policy samples in training: under the
+        run's autocast, with fp32 logits and, for LoRA, the adapters folded into their weights."""
+        cfg, sampling = self.cfg, sampling_settings(self.cfg)
+        with autocast(self.device, self.compute_dtype, self.model):
+            given = self._base_first_attempts(problems, sampling) if cfg.algo.turn1 == "base" else None
+            with self.replicated.generation() as policy, merged_lora(policy, cfg.rollout.merge_lora), \
+                    fp32_logits(policy, self.fp32_logits):
+                ro = rollout(policy, self.tok, self.task, problems, n_attempts=n_attempts,
+                             samples_per_problem=cfg.rollout.samples_per_problem, settings=sampling,
+                             batch_size=cfg.rollout.batch_size, fmt=self.fmt, first_attempts=given,
+                             row_seeds=row_seeds, engine=self.engine)
+        if given is not None:  # fixed base-model samples are context here: never trained, no KL
+            ro.turns = [[0 if t == 1 else t for t in turns] for turns in ro.turns]
+        return ro
 
     def advantages(self, ro, stage: int) -> tuple[torch.Tensor, ...]:
         """(r, has_reward, advantages, valid), each [B, n]: the verifier's rewards, the stage's
@@ -398,10 +408,7 @@ class Trainer:
                     self._dummy_pass()
                     continue
                 rows = chunks[i]
-                ids, mask, turns = ro.tensors(rows, self.tok.pad_token_id, self.device)
-                starts = first_scored(turns, mask.sum(dim=1))  # each row's prompt ends here
-                first = int(starts.min())  # earliest attempt token of the chunk
-                label_turns = turns[:, first:]
+                ids, mask, starts, first, label_turns = self.scoring_inputs(ro, rows)
                 scored = label_turns > 0  # only attempt tokens get logits: the loss reads no others
                 with torch.inference_mode(), self.reference.active() as ref_model:
                     ref_logp = self.logprobs(ref_model, ids, mask, first, starts, scored=scored)
@@ -420,6 +427,25 @@ class Trainer:
             parts = [part for rank_parts in distributed.gather_objects(parts) for part in rank_parts]
             total = distributed.all_reduce_sums({"loss": total})["loss"]
         return total, losses.combine_stats(parts)
+
+    def scoring_inputs(self, ro, rows) -> tuple:
+        """What a log-prob pass over `rows` of rollout `ro` reads: ids, mask [b, T]; starts [b]
+        (each row's first attempt token: its prompt ends there); first = min(starts); the turn of
+        each position from `first` on, label_turns [b, T - first] (0 on context and padding)."""
+        ids, mask, turns = ro.tensors(rows, self.tok.pad_token_id, self.device)
+        starts = first_scored(turns, mask.sum(dim=1))
+        first = int(starts.min())
+        return ids, mask, starts, first, turns[:, first:]
+
+    def attempt_logprobs(self, ro) -> tuple[torch.Tensor, torch.Tensor]:
+        """The policy's log-probs of every attempt token of `ro` as the update computes them (no
+        gradients), and the engine's: two flat fp32 tensors, the engine's NaN where it kept none."""
+        rows = range(len(ro.rows))
+        ids, mask, starts, first, label_turns = self.scoring_inputs(ro, rows)
+        scored = label_turns > 0
+        with torch.no_grad():
+            logp = self.logprobs(self.model, ids, mask, first, starts, scored=scored)
+        return logp.float().cpu()[scored.cpu()], ro.engine_logprobs(rows, ids.shape[1])[:, first:][scored.cpu()]
 
     def _backward(self, loss: torch.Tensor) -> None:
         """loss.backward() with attention as the forward computed it: gradient checkpointing

@@ -167,6 +167,15 @@ def test_cpu_attention_speed_tiny():
     assert result["scored_tokens"] == 2 * 2 * 2 * 4
 
 
+def test_lora_rollout_speed_tiny():
+    result = run_script("lora_rollout_speed.py", "--model", "tiny", "--repeats", "1", "--problems", "2",
+                        "--samples", "2", "--max-new-tokens", "4")
+    for key in ("peft_rollout_seconds", "folded_rollout_seconds", "rollout_speedup"):
+        assert positive(result[key]), key
+    gaps = result["engine_gap_mean"]
+    assert 0 <= gaps["peft"] < 1e-5 and 0 <= gaps["folded"] < 1e-5  # fp32: both sample the trained policy
+
+
 def test_logprob_precision_tiny():
     result = run_script("logprob_precision.py", "--model", "tiny", "--train-steps", "1", "--repeats", "1",
                         "--problems", "2", "--samples", "2", "--max-new-tokens", "4")

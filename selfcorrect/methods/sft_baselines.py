@@ -27,6 +27,7 @@ from .. import models
 from ..config import Config
 from ..engines import make_engine
 from ..optim import autocast, fp32_master_weights
+from ..merged_lora import merged_lora
 from ..precision import fp32_logits
 from ..rollout import ChatFormat, rollout, verify
 from ..sft import sft_train
@@ -74,7 +75,8 @@ class SftRun:
         problems, self.position = take_problems(self.problems, cfg.run.seed, self.position, n_problems)
         settings = sampling_settings(cfg)
         self.model.eval()
-        with torch.no_grad(), autocast(self.device, self.compute_dtype), fp32_logits(self.model, self.fp32_logits):
+        with torch.no_grad(), autocast(self.device, self.compute_dtype), fp32_logits(self.model, self.fp32_logits), \
+                merged_lora(self.model, cfg.rollout.merge_lora):
             ro = rollout(self.model, self.tok, self.task, problems, n_attempts=2,
                          samples_per_problem=cfg.rollout.samples_per_problem, settings=settings,
                          batch_size=cfg.rollout.batch_size, fmt=self.fmt, engine=self.engine)
