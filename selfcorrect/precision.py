@@ -149,6 +149,37 @@ def match_master_precision(reference) -> None:
             p.data = p.data.float()
 
 
+def match_lora_base_precision(model, compute_dtype: torch.dtype | None, engine: str) -> None:
+    """Give a LoRA policy on a half-precision base (frozen bf16 weights, fp32 adapters) the fp32
+    residual stream of a full-weight policy on fp32 masters while it runs under autocast; its
+    reference (the same model, adapter off) shares it. Outside autocast it computes as before.
+
+    In a bf16 stream every residual addition, norm and rotary embedding rounds to 8 bits, and the
+    casts around them cost time: on SmolLM2 (2 CPU cores, vs_trl settings, adapters folded for
+    generation) a two-attempt rollout took 4.11 s in the bf16 stream and 2.91 s in fp32, the
+    engine log-prob gap went 0.037 -> 0.025 and the update's log-ratio error against fp32
+    0.067 -> 0.043 (docs/PERFORMANCE.md). Only the embeddings' output
+    is made fp32 (a hook that acts under autocast): unlike match_master_precision the frozen
+    vectors stay bf16, so the model still runs without autocast (the demo evaluates the trained
+    policy that way); under autocast a norm's bf16 weight times its fp32 input promotes to the
+    same fp32 product an fp32 weight gives, and autocast casts biases for its products anyway.
+    Not for the paged engine, whose cache holds one dtype where the fp32 stream makes fp32 keys
+    and bf16 values."""
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel) or compute_dtype is None or engine == "paged":
+        return
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding) and module.weight.dtype in HALF \
+                and not getattr(module, "fp32_stream_hook", False):
+            module.register_forward_hook(_fp32_output_under_autocast)
+            module.fp32_stream_hook = True  # once: SftRun after the trainer (STaR as Stage II) asks again
+
+
+def _fp32_output_under_autocast(module, args, output: torch.Tensor) -> torch.Tensor:
+    return output.float() if torch.is_autocast_enabled(output.device.type) else output
+
+
 def _fp32_output(module, args, output: torch.Tensor) -> torch.Tensor:
     return output.float()  # the same values: a bf16 table's entries are exact in fp32
 

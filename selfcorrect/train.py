@@ -39,7 +39,7 @@ from .config import Config, changed_settings, flat_settings, save_yaml, to_dict
 from .metrics import edit_distance_ratio, self_correction_metrics
 from .optim import adamw, autocast, fp32_master_weights, lr_factor
 from .fp32_attention import fp32_attention
-from .precision import fp32_logits, match_master_precision
+from .precision import fp32_logits, match_lora_base_precision, match_master_precision
 from .merged_lora import merged_lora
 from .parallel import Replicated, generation_view
 from .progress import progress
@@ -151,6 +151,7 @@ class Trainer:
                 raise ValueError("algo.turn1=base samples attempt 1 from a full-weight bf16/fp16 reference, which "
                                  "the paged engine cannot run (its cache takes one dtype); use --rollout.engine "
                                  "cached or hf, or LoRA (--model.lora true)")
+        match_lora_base_precision(self.model, self.compute_dtype, cfg.rollout.engine)
         self.fp32_logits = cfg.model.fp32_logits and self.compute_dtype is not None
         self.fmt = ChatFormat(tokenizer, self.model)
         self.engine = make_engine(cfg.rollout.engine, self.model)

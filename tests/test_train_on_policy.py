@@ -64,6 +64,31 @@ def test_lora_on_a_bf16_base_computes_under_bf16_autocast(tmp_path):
     assert all(map(lambda v: v == v, [metrics["loss"], metrics["kl_t1"]]))  # finite, not NaN
 
 
+@pytest.mark.parametrize("engine", ["cached", "paged"])
+def test_a_bf16_lora_base_runs_the_fp32_residual_stream_of_full_weight_training(tmp_path, engine):
+    """The LoRA policy (and so its reference, the same model with the adapter off) computes as a
+    full-weight policy on fp32 masters: embeddings out in fp32, norms in fp32, matrices in bf16.
+    Not with the paged engine, whose cache holds one dtype."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = tiny_config(tmp_path)
+    cfg.model.lora, cfg.rollout.engine = True, engine
+    cfg.algo.stage1_steps, cfg.algo.stage2_steps = 1, 0
+    tok = tiny_tokenizer()
+    model = get_peft_model(tiny_model(tok).to(torch.bfloat16), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    trainer = Trainer(cfg, EchoTask(5, answer=VARIED), model=model, tokenizer=tok)
+    base = trainer.model.base_model.model.model
+    fp32_stream = engine != "paged"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (base.embed_tokens(torch.tensor([[3]])).dtype == torch.float32) == fp32_stream
+    assert base.embed_tokens(torch.tensor([[3]])).dtype == torch.bfloat16  # without autocast: as it was
+    assert base.norm.weight.dtype == base.layers[0].mlp.up_proj.base_layer.weight.dtype == torch.bfloat16
+    metrics = trainer.train()[0]
+    assert metrics["kl_t1"] == pytest.approx(0.0, abs=1e-9)  # the adapter starts at zero: policy = reference
+    with torch.no_grad():  # the trained policy still runs without autocast (the demo evaluates it so)
+        assert trainer.model(input_ids=torch.tensor([[3, 4]])).logits.dtype == torch.bfloat16
+
+
 def test_full_weight_bf16_training_moves_every_parameter_with_a_gradient(tmp_path):
     """bf16 weights updated in bf16 round updates below half a bf16 step to zero; the trainer
     keeps fp32 master weights and computes in bf16 under autocast."""

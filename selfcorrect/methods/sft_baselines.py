@@ -28,7 +28,7 @@ from ..config import Config
 from ..engines import make_engine
 from ..optim import autocast, fp32_master_weights
 from ..merged_lora import merged_lora
-from ..precision import fp32_logits
+from ..precision import fp32_logits, match_lora_base_precision
 from ..rollout import ChatFormat, rollout, verify
 from ..sft import sft_train
 from ..train import sampling_settings, seed_everything, take_problems
@@ -57,6 +57,7 @@ class SftRun:
         self.cfg, self.task, self.model, self.tok, self.problems = cfg, task, model, tokenizer, problems
         self.device = next(model.parameters()).device
         self.compute_dtype = fp32_master_weights(model)
+        match_lora_base_precision(model, self.compute_dtype, cfg.rollout.engine)  # as SCoRe's trainer
         self.fp32_logits = cfg.model.fp32_logits and self.compute_dtype is not None  # as SCoRe's trainer
         self.fmt = ChatFormat(tokenizer, model)
         self.engine = make_engine(cfg.rollout.engine, model)  # what the RL methods sample with
