@@ -105,7 +105,7 @@ def evaluate_config(cfg: Config, *, model=None, tokenizer=None, task: Task | Non
                         progress=cfg.run.progress, desc=f"eval {label}")
         # an FSDP-sharded model (a policy trained under FSDP) is gathered for the evaluation; an
         # in-memory LoRA policy generates with its adapters folded in (merged_lora.py)
-        with generation_view(model), merged_lora(model, cfg.rollout.merge_lora):
+        with generation_view(model), merged_lora(model, cfg.rollout.merge_lora, cfg.rollout.engine):
             if refine:
                 result = self_refine_evaluate(model, tokenizer, task, problems, **settings)
             else:

@@ -10,12 +10,17 @@ one product per layer. The weights live only for the block: a rollout holds one 
 the adapted layers' weights, the update none.
 
 Only what is equal by construction is folded: a peft `lora.Linear` over a plain nn.Linear, its
-adapters active and unmerged, plain LoRA (no DoRA or other variant, no LoRA bias). Anything else
+adapters active and unmerged, plain LoRA (no DoRA or other variant, no LoRA bias, no dropout
+acting: the layer in eval mode, as the trainer samples, or dropout 0). Anything else
 (other layer kinds, quantized bases, sharded weights) keeps peft's forward, layer by layer.
 Inside the block, a layer whose adapters are switched off (`disable_adapter()`: the reference)
 or a call with per-row adapters (`adapter_names=`) also takes peft's forward. The adapter
 must not change inside the block: the folded weight is made on entry (a rollout runs between
 two optimizer steps).
+
+On CUDA the static engine compiles its decode step (CUDA graphs); there the folded weights are
+the graph's inputs, made anew each rollout, and whether that costs a copy per step is not
+measured yet (no GPU has run this).
 
 Rounding: the folded weight is stored in the base weight's dtype. With an fp32 base that is a
 rounding of the fp32 sum (relative 1e-7); with a bf16 base, s B A is rounded into bf16 with W,
@@ -49,8 +54,15 @@ def foldable(layer) -> bool:
             or hasattr(base, "_hf_hook") or type(base.weight.data) is not torch.Tensor:
         return False
     active = [a for a in layer.active_adapters if a in layer.lora_A]
-    return bool(active) and not any(a in getattr(layer, "lora_variant", {}) or getattr(layer, "lora_bias", {}).get(a)
-                                    for a in active)
+    return bool(active) and not any(_not_plain(layer, a) for a in active)
+
+
+def _not_plain(layer, adapter: str) -> bool:
+    """Whether `adapter` computes more than s B A x: a variant (DoRA: `lora_variant` on peft >=
+    0.15, `use_dora` before), a LoRA bias, or dropout that acts (a layer in training mode)."""
+    return (adapter in getattr(layer, "lora_variant", {}) or getattr(layer, "use_dora", {}).get(adapter)
+            or getattr(layer, "lora_bias", {}).get(adapter)
+            or (layer.training and not isinstance(layer.lora_dropout[adapter], torch.nn.Identity)))
 
 
 def folded_weight(layer) -> torch.Tensor:
@@ -64,9 +76,11 @@ def folded_weight(layer) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def merged_lora(model, enabled: bool = True):
-    """Within the block, every foldable LoRA layer of `model` computes with its folded weight."""
-    layers = [m for m in model.modules() if foldable(m)] if enabled else []
+def merged_lora(model, enabled: bool = True, engine: str = "auto"):
+    """Within the block, every foldable LoRA layer of `model` computes with its folded weight.
+    engine: the rollout engine's name; vllm never runs the model's forward (it copies the
+    weights with the adapters merged its own way), so nothing is folded for it."""
+    layers = [m for m in model.modules() if foldable(m)] if enabled and engine != "vllm" else []
     weights = [folded_weight(layer) for layer in layers]  # before switching: a failure leaves them as they were
     for layer, weight in zip(layers, weights):
         layer.__class__ = _merged_class(type(layer))

@@ -361,8 +361,8 @@ class Trainer:
         cfg, sampling = self.cfg, sampling_settings(self.cfg)
         with autocast(self.device, self.compute_dtype, self.model):
             given = self._base_first_attempts(problems, sampling) if cfg.algo.turn1 == "base" else None
-            with self.replicated.generation() as policy, merged_lora(policy, cfg.rollout.merge_lora), \
-                    fp32_logits(policy, self.fp32_logits):
+            with self.replicated.generation() as policy, fp32_logits(policy, self.fp32_logits), \
+                    merged_lora(policy, cfg.rollout.merge_lora, cfg.rollout.engine):
                 ro = rollout(policy, self.tok, self.task, problems, n_attempts=n_attempts,
                              samples_per_problem=cfg.rollout.samples_per_problem, settings=sampling,
                              batch_size=cfg.rollout.batch_size, fmt=self.fmt, first_attempts=given,

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from selfcorrect.precision import match_lora_base_precision
 from selfcorrect.rollout import check_context_fits
 from selfcorrect.tasks.base import Problem
 from selfcorrect.train import Trainer
@@ -83,6 +84,8 @@ def test_a_bf16_lora_base_runs_the_fp32_residual_stream_of_full_weight_training(
         assert (base.embed_tokens(torch.tensor([[3]])).dtype == torch.float32) == fp32_stream
     assert base.embed_tokens(torch.tensor([[3]])).dtype == torch.bfloat16  # without autocast: as it was
     assert base.norm.weight.dtype == base.layers[0].mlp.up_proj.base_layer.weight.dtype == torch.bfloat16
+    match_lora_base_precision(trainer.model, torch.bfloat16, engine)  # asked again (STaR after Stage I): one hook
+    assert len(base.embed_tokens._forward_hooks) == int(fp32_stream)
     metrics = trainer.train()[0]
     assert metrics["kl_t1"] == pytest.approx(0.0, abs=1e-9)  # the adapter starts at zero: policy = reference
     with torch.no_grad():  # the trained policy still runs without autocast (the demo evaluates it so)

@@ -77,7 +77,7 @@ class SftRun:
         settings = sampling_settings(cfg)
         self.model.eval()
         with torch.no_grad(), autocast(self.device, self.compute_dtype), fp32_logits(self.model, self.fp32_logits), \
-                merged_lora(self.model, cfg.rollout.merge_lora):
+                merged_lora(self.model, cfg.rollout.merge_lora, cfg.rollout.engine):
             ro = rollout(self.model, self.tok, self.task, problems, n_attempts=2,
                          samples_per_problem=cfg.rollout.samples_per_problem, settings=settings,
                          batch_size=cfg.rollout.batch_size, fmt=self.fmt, engine=self.engine)
