@@ -48,7 +48,6 @@ from selfcorrect.losses import kl_value  # noqa: E402
 from selfcorrect.optim import autocast  # noqa: E402
 from selfcorrect.precision import fp32_logits  # noqa: E402
 from selfcorrect.rollout import rollout  # noqa: E402
-from selfcorrect.shared_prompt import first_scored  # noqa: E402
 from selfcorrect.tasks import build_task  # noqa: E402
 from selfcorrect.train import Trainer, sampling_settings  # noqa: E402
 
@@ -67,10 +66,8 @@ class Batch(SimpleNamespace):
 
 
 def batch_of(trainer: Trainer, ro) -> Batch:
-    ids, mask, turns = ro.tensors(range(len(ro.rows)), trainer.tok.pad_token_id, trainer.device)
-    starts = first_scored(turns, mask.sum(dim=1))
-    first = int(starts.min())
-    return Batch(ids=ids, mask=mask, starts=starts, first=first, scored=turns[:, first:] > 0)
+    ids, mask, starts, first, label_turns = trainer.scoring_inputs(ro, range(len(ro.rows)))
+    return Batch(ids=ids, mask=mask, starts=starts, first=first, scored=label_turns > 0)
 
 
 class FrozenCopy:

@@ -47,21 +47,20 @@ from vs_trl import add_step_arguments, our_config, parse_step_arguments, sync  #
 
 from selfcorrect import models  # noqa: E402
 from selfcorrect.rollout import rollout, verify  # noqa: E402
-from selfcorrect.shared_prompt import first_scored, prompt_groups  # noqa: E402
+from selfcorrect.shared_prompt import prompt_groups  # noqa: E402
 from selfcorrect.tasks import build_task  # noqa: E402
 from selfcorrect.train import Trainer, sampling_settings  # noqa: E402
 
 
-def token_counts(ro, pad_id: int) -> dict:
+def token_counts(trainer: Trainer, ro) -> dict:
     """Positions run per step by the full-row update and by the shared-prompt one (prompts
-    found as the update finds them: first_scored, prompt_groups over the whole batch)."""
-    ids, mask, turns = ro.tensors(range(len(ro.rows)), pad_id, "cpu")
+    found as the update finds them: scoring_inputs, prompt_groups over the whole batch)."""
+    ids, mask, starts, _, label_turns = trainer.scoring_inputs(ro, range(len(ro.rows)))
     lengths = mask.sum(dim=1)
-    starts = first_scored(turns, lengths)
     prompts, _ = prompt_groups(ids, starts)
     return {"full_tokens": int(lengths.sum()),
             "shared_tokens": int((lengths - starts).sum()) + sum(len(p) for p in prompts),
-            "scored_tokens": int((turns > 0).sum()), "distinct_prompts": len(prompts)}
+            "scored_tokens": int((label_turns > 0).sum()), "distinct_prompts": len(prompts)}
 
 
 WAYS = ("shared", "full", "every")
@@ -109,7 +108,7 @@ def main() -> None:
                  fmt=trainer.fmt, engine=trainer.engine)
     verify(task, ro)
     _, _, adv, valid = trainer.advantages(ro, 1)
-    counts = token_counts(ro, trainer.tok.pad_token_id)
+    counts = token_counts(trainer, ro)
     print(f"model {args.model}, {'LoRA' if args.lora else 'full weights'}, {args.dtype}, {args.device}, "
           f"{len(ro.rows)} rows ({args.problems} problems x {args.samples}), {counts}, "
           f"micro-batch {cfg.optim.micro_batch_size}, torch threads {torch.get_num_threads()}", flush=True)
