@@ -42,6 +42,18 @@ from selfcorrect.train import Trainer  # noqa: E402
 WAYS = {"autocast": False, "fp32": True}  # way -> fp32_attention.ENABLED
 
 
+def fixed_length_trainer(args, prefix: str) -> Trainer:
+    """The vs_trl.py trainer for `args` (SmolLM2 or a saved tiny model in a fresh temporary
+    folder), its attempts running to --max-new-tokens: stop tokens ignored, so every way
+    compared generates the same number of tokens."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    name = models.SMOLLM2_NAME if args.model == "smollm2" else save_tiny(work / "tiny-model")
+    cfg = our_config(SimpleNamespace(**vars(args), engine="auto", steps=0, full_rows=False), name, work / "run")
+    trainer = Trainer(cfg, build_task(cfg.task.name, cfg.task.options))
+    trainer.fmt.stop_ids = frozenset()
+    return trainer
+
+
 def draw(trainer: Trainer, problems, seed: int):
     """One two-attempt rollout as the trainer samples, from `seed`."""
     torch.manual_seed(seed)
@@ -57,13 +69,8 @@ def main() -> None:
     if args.dtype != "bfloat16" or args.device != "cpu":
         parser.error("this compares attention under bf16 autocast on a CPU: --dtype bfloat16 --device cpu")
 
-    work = Path(tempfile.mkdtemp(prefix="cpu-attention-"))
-    name = models.SMOLLM2_NAME if args.model == "smollm2" else save_tiny(work / "tiny-model")
-    cfg = our_config(SimpleNamespace(**vars(args), engine="auto", steps=0, full_rows=False), name, work / "run")
-    task = build_task(cfg.task.name, cfg.task.options)
-    trainer = Trainer(cfg, task)
-    trainer.fmt.stop_ids = frozenset()  # every attempt runs to --max-new-tokens on both ways
-    problems = trainer.next_problems()
+    trainer = fixed_length_trainer(args, "cpu-attention-")
+    task, problems = trainer.task, trainer.next_problems()
     print(f"model {args.model}, {'LoRA' if args.lora else 'full weights'}, bf16 autocast, cpu, {len(problems)} "
           f"problems x {args.samples} samples x 2 attempts of {args.max_new_tokens} tokens, "
           f"torch threads {torch.get_num_threads()}", flush=True)

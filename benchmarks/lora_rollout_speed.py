@@ -24,21 +24,16 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cpu_attention_speed import draw  # noqa: E402
-from rollout_speed import save_tiny  # noqa: E402
-from vs_trl import add_step_arguments, our_config, parse_step_arguments  # noqa: E402
+from cpu_attention_speed import draw, fixed_length_trainer  # noqa: E402
+from vs_trl import add_step_arguments, parse_step_arguments  # noqa: E402
 
-from selfcorrect import models  # noqa: E402
-from selfcorrect.tasks import build_task  # noqa: E402
-from selfcorrect.train import Trainer  # noqa: E402
+from selfcorrect.train import Trainer, engine_gap  # noqa: E402
 
 WAYS = {"peft": False, "folded": True}  # way -> cfg.rollout.merge_lora
 
@@ -52,11 +47,10 @@ def move_adapters(model, scale: float, seed: int = 0) -> None:
                 p.copy_(torch.randn(p.shape, generator=gen) * scale)
 
 
-def engine_gap(trainer: Trainer, ro) -> float:
-    """Mean |trainer log-prob − engine log-prob| over the generated tokens of `ro`."""
-    logp, engine = trainer.attempt_logprobs(ro)
-    known = ~torch.isnan(engine)
-    return float((logp - engine)[known].abs().mean())
+def mean_engine_gap(trainer: Trainer, ro) -> float:
+    """Mean |trainer log-prob − engine log-prob| over the generated tokens of `ro`, as training logs it."""
+    gap = engine_gap(*trainer.attempt_logprobs(ro))
+    return gap["engine_gap_sum"] / gap["engine_gap_n"] if gap["engine_gap_n"] else float("nan")
 
 
 def main() -> None:
@@ -68,16 +62,11 @@ def main() -> None:
     args = parse_step_arguments(parser)
     args.lora = True
 
-    work = Path(tempfile.mkdtemp(prefix="lora-rollout-"))
-    name = models.SMOLLM2_NAME if args.model == "smollm2" else save_tiny(work / "tiny-model")
-    cfg = our_config(SimpleNamespace(**vars(args), engine="auto", steps=0, full_rows=False), name, work / "run")
-    task = build_task(cfg.task.name, cfg.task.options)
-    trainer = Trainer(cfg, task)
-    trainer.fmt.stop_ids = frozenset()  # every attempt runs to --max-new-tokens on both ways
+    trainer = fixed_length_trainer(args, "lora-rollout-")
     move_adapters(trainer.model, args.adapter_scale)
     problems = trainer.next_problems()
-    print(f"model {args.model}, LoRA r {cfg.model.lora_r}, {args.dtype}, {args.device}, {len(problems)} problems x "
-          f"{args.samples} samples x 2 attempts of {args.max_new_tokens} tokens, "
+    print(f"model {args.model}, LoRA r {trainer.cfg.model.lora_r}, {args.dtype}, {args.device}, "
+          f"{len(problems)} problems x {args.samples} samples x 2 attempts of {args.max_new_tokens} tokens, "
           f"torch threads {torch.get_num_threads()}", flush=True)
 
     seconds = {way: [] for way in WAYS}
@@ -91,7 +80,7 @@ def main() -> None:
             if turn:  # turn 0 warms up
                 seconds[way].append(took)
             print(f"{way:7} rollout {took:.2f} s{'' if turn else ' (warm-up)'}", flush=True)
-    gaps = {way: engine_gap(trainer, ro) for way, ro in last.items()}
+    gaps = {way: mean_engine_gap(trainer, ro) for way, ro in last.items()}
 
     median = {way: round(statistics.median(v), 4) for way, v in seconds.items()}
     result = {"peft_rollout_seconds": median["peft"], "folded_rollout_seconds": median["folded"],
@@ -103,7 +92,8 @@ def main() -> None:
                            "adapter_scale": args.adapter_scale, "repeats": args.repeats,
                            "threads": torch.get_num_threads()}}
     print(f"LoRA rollout: peft's forward {median['peft']:.2f} s, folded {median['folded']:.2f} s "
-          f"({result['rollout_speedup']:.2f}x); engine log-prob gap: peft {gaps['peft']:.2e}, folded {gaps['folded']:.2e}")
+          f"({result['rollout_speedup']:.2f}x); engine log-prob gap: peft {gaps['peft']:.2e}, "
+          f"folded {gaps['folded']:.2e}")
     print(json.dumps(result))
 
 

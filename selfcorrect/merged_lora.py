@@ -71,8 +71,7 @@ def folded_weight(layer) -> torch.Tensor:
     weight = layer.base_layer.weight
     with torch.no_grad():
         delta = sum(layer.get_delta_weight(a) for a in layer.active_adapters if a in layer.lora_A)
-        return (weight.float() + delta.float()).to(weight.dtype) if weight.dtype != torch.float32 \
-            else weight + delta
+        return (weight.float() + delta.float()).to(weight.dtype)  # summed in fp32, rounded once
 
 
 @contextlib.contextmanager

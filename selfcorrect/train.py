@@ -446,7 +446,8 @@ class Trainer:
         scored = label_turns > 0
         with torch.no_grad():
             logp = self.logprobs(self.model, ids, mask, first, starts, scored=scored)
-        return logp.float().cpu()[scored.cpu()], ro.engine_logprobs(rows, ids.shape[1])[:, first:][scored.cpu()]
+        scored = scored.cpu()
+        return logp.float().cpu()[scored], ro.engine_logprobs(rows, ids.shape[1])[:, first:][scored]
 
     def _backward(self, loss: torch.Tensor) -> None:
         """loss.backward() with attention as the forward computed it: gradient checkpointing
