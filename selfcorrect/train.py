@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint, distributed, losses, models
+from . import checkpoint, cpu_linear, distributed, losses, models
 from .atomic import write_text_atomic
 from .faults import NonFiniteTraining, StopSignals, TrainingStopped, acquire_lock, release_lock
 from .batches import micro_batches, token_logprobs
@@ -162,6 +162,8 @@ class Trainer:
         # after it because FSDP replaces the parameters by their shards
         self.replicated = Replicated(self.model, cfg.distributed.strategy)
         self.share_prompts = shares_prompts(cfg, self.model, self.world)
+        # FSDP's sharded parameters keep torch's kernels
+        self.onednn = cpu_linear.wanted(self.device, cfg.model.cpu_linear) and self.replicated.strategy != "fsdp"
         if self.replicated.strategy == "fsdp":
             from .fsdp import shard_reference
 
@@ -357,12 +359,14 @@ class Trainer:
 
     def draw(self, problems: list, n_attempts: int, row_seeds: list[int] | None = None):
         """One rollout of `problems` (k samples each) as the policy samples in training: under the
-        run's autocast, with fp32 logits and, for LoRA, the adapters folded into their weights."""
+        run's autocast, with fp32 logits, for LoRA the adapters folded into their weights, and on
+        a CPU the linears' weights packed for oneDNN where model.cpu_linear says so."""
         cfg, sampling = self.cfg, sampling_settings(self.cfg)
         with autocast(self.device, self.compute_dtype, self.model):
             given = self._base_first_attempts(problems, sampling) if cfg.algo.turn1 == "base" else None
             with self.replicated.generation() as policy, fp32_logits(policy, self.fp32_logits), \
-                    merged_lora(policy, cfg.rollout.merge_lora, cfg.rollout.engine):
+                    merged_lora(policy, cfg.rollout.merge_lora, cfg.rollout.engine), \
+                    cpu_linear.onednn_linears(policy, self.onednn, pack=True):
                 ro = rollout(policy, self.tok, self.task, problems, n_attempts=n_attempts,
                              samples_per_problem=cfg.rollout.samples_per_problem, settings=sampling,
                              batch_size=cfg.rollout.batch_size, fmt=self.fmt, first_attempts=given,
@@ -452,8 +456,9 @@ class Trainer:
     def _backward(self, loss: torch.Tensor) -> None:
         """loss.backward() with attention as the forward computed it: gradient checkpointing
         recomputes the forward here, and on a CPU that forward's attention ran in fp32
-        (fp32_attention.py, entered by the log-prob passes' autocast)."""
-        with fp32_attention(self.device):
+        (fp32_attention.py, entered by the log-prob passes' autocast) and the linears' kernels
+        (cpu_linear.py)."""
+        with fp32_attention(self.device), cpu_linear.onednn_linears(self.model, self.onednn):
             loss.backward()
 
     def _dummy_pass(self) -> None:
@@ -491,7 +496,7 @@ class Trainer:
         scored [b, T - first] bool: the only tokens that get logits (the rest read 0)."""
         temperature = self.cfg.rollout.temperature
         with autocast(self.device, self.compute_dtype, self.model), fp32_logits(model, self.fp32_logits), \
-                models.checkpointing(model, self.checkpoint):
+                models.checkpointing(model, self.checkpoint), cpu_linear.onednn_linears(model, self.onednn):
             if starts is not None and self.share_prompts:
                 return shared_prompt_logprobs(model, ids, mask, starts, first, temperature=temperature, scored=scored)
             return token_logprobs(model, ids, mask, first, temperature=temperature, scored=scored)

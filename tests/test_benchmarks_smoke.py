@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from selfcorrect import cpu_linear
 from selfcorrect.engines import UNSEEDED, installed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,6 +175,17 @@ def test_lora_rollout_speed_tiny():
         assert positive(result[key]), key
     gaps = result["engine_gap_mean"]
     assert 0 <= gaps["peft"] < 1e-5 and 0 <= gaps["folded"] < 1e-5  # fp32: both sample the trained policy
+
+
+@pytest.mark.skipif(not cpu_linear.available(), reason="no oneDNN inner product in this torch build")
+def test_cpu_linear_speed_tiny():
+    result = run_script("cpu_linear_speed.py", "--model", "tiny", "--repeats", "1", "--problems", "2",
+                        "--samples", "2", "--max-new-tokens", "4")
+    for key in ("torch_rollout_seconds", "onednn_rollout_seconds", "torch_update_seconds",
+                "onednn_update_seconds", "rollout_speedup", "update_speedup"):
+        assert positive(result[key]), key
+    assert 0 <= result["logprob_difference"]["rms"] < 1e-4  # fp32 both ways: rounding apart
+    assert 0 <= result["engine_gap_mean"]["onednn"] < 1e-5 and result["scored_tokens"] == 2 * 2 * 2 * 4
 
 
 def test_logprob_precision_tiny():

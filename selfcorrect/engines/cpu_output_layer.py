@@ -8,7 +8,8 @@ generated token (docs/PERFORMANCE.md). The other layers are smaller and gain not
 so only the output layer is switched, only while generating without gradients or autocast, and
 only where it is a plain fp32 nn.Linear on a CPU; the model's own code around it (logit scaling,
 soft-capping) still runs. The logits differ from MKL's in the last bits, like any change of
-kernel.
+kernel. Inside a cpu_linear.onednn_linears block (the trainer's rollouts, evaluation) the output
+layer is already that block's, with its weight packed, and this switch leaves it alone.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .. import models
+from .. import cpu_linear, models
 from ..config import Config
 from ..engines import make_engine
 from ..optim import autocast, fp32_master_weights
@@ -59,6 +59,7 @@ class SftRun:
         self.compute_dtype = fp32_master_weights(model)
         match_lora_base_precision(model, self.compute_dtype, cfg.rollout.engine)  # as SCoRe's trainer
         self.fp32_logits = cfg.model.fp32_logits and self.compute_dtype is not None  # as SCoRe's trainer
+        self.onednn = cpu_linear.wanted(self.device, cfg.model.cpu_linear)  # as SCoRe's trainer
         self.fmt = ChatFormat(tokenizer, model)
         self.engine = make_engine(cfg.rollout.engine, model)  # what the RL methods sample with
         if cfg.optim.gradient_checkpointing:
@@ -77,7 +78,8 @@ class SftRun:
         settings = sampling_settings(cfg)
         self.model.eval()
         with torch.no_grad(), autocast(self.device, self.compute_dtype), fp32_logits(self.model, self.fp32_logits), \
-                merged_lora(self.model, cfg.rollout.merge_lora, cfg.rollout.engine):
+                merged_lora(self.model, cfg.rollout.merge_lora, cfg.rollout.engine), \
+                cpu_linear.onednn_linears(self.model, self.onednn, pack=True):
             ro = rollout(self.model, self.tok, self.task, problems, n_attempts=2,
                          samples_per_problem=cfg.rollout.samples_per_problem, settings=settings,
                          batch_size=cfg.rollout.batch_size, fmt=self.fmt, engine=self.engine)
@@ -91,7 +93,8 @@ class SftRun:
             return
         s = self.cfg.sft
         # sft_train trains in training mode, in which checkpointed layers checkpoint
-        with autocast(self.device, self.compute_dtype), fp32_logits(self.model, self.fp32_logits):
+        with autocast(self.device, self.compute_dtype), fp32_logits(self.model, self.fp32_logits), \
+                cpu_linear.onednn_linears(self.model, self.onednn):
             losses = sft_train(self.model, rows.sequences, rows.masks, lr=s.lr, steps=steps,
                                batch_size=s.batch_size, micro_batch_size=s.micro_batch_size,
                                pad_id=self.tok.pad_token_id, seed=self.cfg.run.seed + round_,

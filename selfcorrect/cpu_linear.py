@@ -1,0 +1,194 @@
+"""A model's linear layers on a CPU through oneDNN, with weights packed once per rollout.
+
+torch runs an fp32 `F.linear` on a CPU through MKL's sgemm. On the AMD EPYC with AVX-512 this
+project measured (2026-12-07, 2 threads, SmolLM2's layer shapes), oneDNN's inner product
+(`torch.ops.mkldnn._linear_pointwise`, the kernel torch.compile's CPU backend uses) ran the
+same fp32 products 1.6-2.3x faster: the forward at 1,600 rows 1.65 s -> 1.00 s for the 210
+layer products, the input gradient 1.60 -> 0.93 s, the weight gradient 1.57 -> 1.03 s, and a
+16-row decode step's products 41 -> 24 ms (docs/PERFORMANCE.md). On the AVX2 EPYCs of earlier
+sessions oneDNN was no faster than MKL in the update, so `auto` uses it only where torch
+reports AVX-512 (`torch.backends.cpu.get_cpu_capability()`). bf16 products already run
+through oneDNN (MKL has none), so under bf16 autocast nothing changes in a forward with
+gradients.
+
+A rollout multiplies the same weights at every decode step; oneDNN's kernels want them in a
+blocked layout, and a plain weight is reordered inside every call. `pack=True` blocks (the
+trainer's rollouts, the SFT baselines' sampling, evaluation) reorder each weight once, on its
+first use in the block (`_reorder_linear_weight`), in the dtype the product runs in: 16-row
+decode products 24 -> 18 ms in fp32, 16 -> 10 ms in bf16 (bitwise the same results as unpacked
+oneDNN). The packed copies live only for the block; a weight changed in place inside it is
+packed again.
+
+What changes numerically: oneDNN sums in another order than MKL, so fp32 results differ in the
+last bits (relative 1.2e-6 against float64 on a 1,536-long dot product, MKL's 3.5e-7), as any
+change of kernel does; bf16 results are the same kernel's. Samples drawn at T = 1 follow other
+paths after such a difference, so runs repeat exactly on one machine kind, as before.
+
+How: within `onednn_linears(model)` every plain `nn.Linear` of the model computes through
+`linear()`, and merged_lora's folded layers call `linear()` themselves. The output layer is one
+of them unless precision.fp32_logits has made it its own (fp32 logits under autocast, entered
+first), whose product is oneDNN's already. In the fp32 update the output layer's forward at the
+scored positions ([900, 576] x [576, 49152]) took 307 ms with MKL and 151 with oneDNN; its
+weight gradient stays MKL's (VOCABULARY_SIZED). `linear()` is `F.linear` outside a block and for
+anything it does not cover: another device, a sharded (DTensor) weight, an empty batch, fp16, or
+autocast with gradients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+MODES = ("auto", "onednn", "torch")
+# a weight gradient of a layer with more outputs than this (an output layer: [V, n] x [n, H]) stays
+# MKL's: through oneDNN it cost SmolLM2's update 1.1 s more than it saved (a transposed copy of
+# the [n, V] logits' gradient; the shared prompts' 4-row call took 1.7 s in a profile)
+VOCABULARY_SIZED = 16384
+
+
+def wanted(device: torch.device, mode: str) -> bool:
+    """Whether `mode` (model.cpu_linear) routes linears through oneDNN on `device`."""
+    if mode not in MODES:
+        raise ValueError(f"cpu_linear must be one of {MODES}, got {mode!r}")
+    if device.type != "cpu" or mode == "torch" or not available():
+        return False
+    return mode == "onednn" or torch.backends.cpu.get_cpu_capability() == "AVX512"
+
+
+def available() -> bool:
+    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+
+
+@dataclass
+class _Packed:
+    weight: torch.Tensor  # the layer's own (held, so its id stays unique while packed)
+    version: int  # weight._version when packed: an in-place change packs again
+    dtype: torch.dtype
+    packed: torch.Tensor  # the weight in `dtype`, in oneDNN's blocked layout
+
+
+@dataclass
+class _Block:
+    pack: bool
+    packed: dict = field(default_factory=dict)  # (id(weight), under autocast) -> _Packed
+
+    def weight(self, weight: torch.Tensor, dtype: torch.dtype, key) -> torch.Tensor:
+        """`weight` in `dtype`, reordered once for oneDNN when this block packs."""
+        if not self.pack:
+            return weight.to(dtype)
+        with torch.no_grad():
+            packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype), 16)
+        self.packed[key] = _Packed(weight, weight._version, dtype, packed)
+        return packed
+
+
+_BLOCK: contextvars.ContextVar[_Block | None] = contextvars.ContextVar("onednn_linears", default=None)
+
+
+@contextlib.contextmanager
+def onednn_linears(model, enabled: bool = True, pack: bool = False):
+    """Within the block, `model`'s plain nn.Linear layers compute through oneDNN where
+    `linear()` covers the call; `pack`: calls without gradients use weights reordered once
+    (rollouts). Blocks nest: the innermost one's settings (and packed weights) hold for every
+    layer an open block switched, and each block puts back only the layers it switched."""
+    if not enabled:
+        yield
+        return
+    layers = [m for m in model.modules() if type(m) is torch.nn.Linear and "forward" not in vars(m)]
+    token = _BLOCK.set(_Block(pack))
+    for layer in layers:
+        layer.forward = _layer_forward(layer)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward  # back to nn.Linear.forward
+        _BLOCK.reset(token)
+
+
+def _layer_forward(layer: torch.nn.Linear):
+    def forward(x):
+        return linear(x, layer.weight, layer.bias)
+    return forward
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """F.linear(x, weight, bias): through oneDNN inside an `onednn_linears` block where covered."""
+    block = _BLOCK.get()
+    if block is None:
+        return F.linear(x, weight, bias)
+    autocast = torch.is_autocast_enabled("cpu")
+    if block.pack and not torch.is_grad_enabled():  # a decode step's hot path: a few checks, one product
+        held = block.packed.get((id(weight), autocast))
+        if held is not None and held.version == weight._version and x.device.type == "cpu" and x.numel():
+            return product(x.to(held.dtype), held.packed, None if bias is None else bias.to(held.dtype))
+    if not _covered(x, weight, bias):
+        return F.linear(x, weight, bias)
+    grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                        or (bias is not None and bias.requires_grad))
+    if autocast:
+        # bf16 products are oneDNN's already; only packing (no gradients) adds anything
+        if grad or not block.pack or torch.get_autocast_dtype("cpu") != torch.bfloat16 or not _bf16_supported():
+            return F.linear(x, weight, bias)
+        dtype = torch.bfloat16
+    elif x.dtype == weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32):
+        if grad:
+            return _OnednnLinear.apply(x, weight, bias)
+        dtype = torch.float32
+    else:
+        return F.linear(x, weight, bias)
+    packed = block.weight(weight, dtype, (id(weight), autocast))
+    return product(x.to(dtype), packed, None if bias is None else bias.to(dtype))
+
+
+@functools.cache
+def _bf16_supported() -> bool:
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def _covered(x, weight, bias) -> bool:
+    tensors = (x, weight) if bias is None else (x, weight, bias)
+    return x.numel() > 0 and all(type(t.data) is torch.Tensor and t.device.type == "cpu" for t in tensors)
+
+
+def product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., in] @ weight[out, in].T (+ bias [out]) -> [..., out] by oneDNN, no autograd.
+    weight may be a packed copy (its shape is then oneDNN's, so `out` is read from bias or
+    the result)."""
+    flat = x.reshape(-1, x.shape[-1])
+    out = torch.ops.mkldnn._linear_pointwise(flat, weight, bias, "none", [], "")
+    return out.view(*x.shape[:-1], out.shape[-1])
+
+
+class _OnednnLinear(torch.autograd.Function):
+    """fp32 F.linear with every product (forward, input and weight gradients) by oneDNN."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return product(x, weight, bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        flat_grad = grad.reshape(-1, grad.shape[-1])  # [n, out]
+        if ctx.needs_input_grad[0]:
+            grad_x = product(grad, weight.t())  # [..., out] @ [out, in]
+        if ctx.needs_input_grad[1]:  # [out, n] @ [n, in]
+            flat_x = x.reshape(-1, x.shape[-1])
+            if weight.shape[0] > VOCABULARY_SIZED:
+                grad_w = flat_grad.t().mm(flat_x)
+            else:  # both operands strided views, which oneDNN copies
+                grad_w = product(flat_grad.t(), flat_x.t())
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = flat_grad.sum(0)
+        return grad_x, grad_w, grad_b

@@ -1,0 +1,202 @@
+"""Linear layers through oneDNN on a CPU (cpu_linear.py): the same function and gradients as
+F.linear up to fp32 rounding, packed weights equal to unpacked ones, fp32 logits under autocast
+left to precision.fp32_logits, everything put back after the block, and the trainer's switch."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model
+
+from selfcorrect import cpu_linear
+from selfcorrect.cpu_linear import linear, onednn_linears, wanted
+from selfcorrect.merged_lora import merged_lora
+from test_train import make_trainer, tiny_config
+from tiny import tiny_model, tiny_tokenizer
+
+pytestmark = pytest.mark.skipif(not cpu_linear.available(), reason="no oneDNN inner product in this torch build")
+
+IDS = torch.tensor([[5, 9, 12, 7, 30, 2, 14, 3], [4, 8, 11, 6, 29, 1, 13, 2]])
+
+
+def layers(n_in=96, n_out=160, bias=True, seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(n_in, n_out, bias=bias), torch.nn.GELU(), torch.nn.Linear(n_out, 24))
+
+
+def patched(model):
+    return [m for m in model.modules() if "forward" in vars(m)]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_forward_and_gradients_match_f_linear(bias):
+    model = layers(bias=bias)
+    x = torch.randn(3, 17, 96, requires_grad=True)
+    want = model(x)
+    want.square().sum().backward()
+    want_grads = [x.grad.clone()] + [p.grad.clone() for p in model.parameters()]
+    x.grad = None
+    model.zero_grad()
+    calls = []
+    forward = cpu_linear._OnednnLinear.forward
+    cpu_linear._OnednnLinear.forward = staticmethod(lambda *a: calls.append(1) or forward(*a))
+    try:
+        with onednn_linears(model):
+            got = model(x)
+            got.square().sum().backward()
+    finally:
+        cpu_linear._OnednnLinear.forward = staticmethod(forward)
+    assert len(calls) == 2  # both layers took oneDNN's autograd path
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+    for w, g in zip(want_grads, [x.grad] + [p.grad for p in model.parameters()]):
+        assert torch.allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_a_frozen_weight_gets_no_gradient_and_the_input_still_does():
+    model = layers()
+    model[0].weight.requires_grad_(False)
+    x = torch.randn(5, 96, requires_grad=True)
+    with onednn_linears(model):
+        model(x).sum().backward()
+    assert model[0].weight.grad is None and model[0].bias.grad is not None and x.grad is not None
+
+
+def test_packed_weights_give_the_unpacked_results_and_follow_in_place_changes():
+    model = layers().eval()
+    x = torch.randn(16, 96)
+    with torch.no_grad():
+        with onednn_linears(model):
+            plain = model(x)
+        with onednn_linears(model, pack=True):
+            packed = model(x)
+            assert torch.equal(packed, plain)
+            model[0].weight.mul_(2)  # a weight changed inside the block is packed again
+            changed = model(x)
+        assert torch.allclose(changed, model(x), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(changed, plain, atol=1e-3)
+        assert torch.allclose(plain, F.linear(F.gelu(F.linear(x, *_wb(model[0], 0.5))), *_wb(model[2])),
+                              rtol=1e-5, atol=1e-5)
+
+
+def _wb(layer, scale=1.0):
+    return layer.weight * scale, layer.bias
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no bf16 oneDNN on this CPU")
+def test_bf16_autocast_packs_without_gradients_and_leaves_the_update_to_autocast():
+    model = layers().eval()
+    x = torch.randn(16, 96)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
+            want = model(x)
+            with onednn_linears(model, pack=True):
+                got = model(x)
+        assert got.dtype == want.dtype == torch.bfloat16
+        assert torch.allclose(got.float(), want.float(), rtol=1e-2, atol=1e-2)
+        with onednn_linears(model, pack=True):  # gradients on: autocast's own product, exactly
+            assert torch.equal(model(x), model[2](model[1](F.linear(x, model[0].weight, model[0].bias))))
+
+
+def test_outside_a_block_and_for_other_dtypes_it_is_f_linear():
+    w, b = torch.randn(8, 4), torch.randn(8)
+    x = torch.randn(3, 4)
+    assert torch.equal(linear(x, w, b), F.linear(x, w, b))
+    with onednn_linears(torch.nn.Linear(1, 1)):
+        x64, w64 = x.double(), w.double()
+        assert torch.equal(linear(x64, w64, None), F.linear(x64, w64))  # fp64: not covered
+        assert linear(torch.empty(0, 4), w, b).shape == (0, 8)
+
+
+def test_every_linear_layer_computes_through_it_and_is_put_back():
+    tok = tiny_tokenizer()
+    model = tiny_model(tok).eval()
+    head = model.get_output_embeddings()
+    n_linear = sum(type(m) is torch.nn.Linear for m in model.modules())
+    with torch.no_grad():
+        want = model(input_ids=IDS).logits
+        with onednn_linears(model, pack=True):
+            assert len(patched(model)) == n_linear and "forward" in vars(head)
+            got = model(input_ids=IDS).logits
+        with pytest.raises(RuntimeError), onednn_linears(model):
+            raise RuntimeError("inside")
+    assert not patched(model)
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_nested_blocks_switch_their_own_layers_under_the_innermost_settings():
+    outer, inner = layers(seed=0).eval(), layers(seed=1).eval()
+    with onednn_linears(outer, pack=True):
+        with onednn_linears(inner):
+            assert len(patched(inner)) == 2
+            with torch.no_grad():
+                inner(torch.randn(4, 96))
+                outer(torch.randn(4, 96))
+            assert not cpu_linear._BLOCK.get().pack and not cpu_linear._BLOCK.get().packed
+        assert not patched(inner) and len(patched(outer)) == 2
+        with torch.no_grad():
+            outer(torch.randn(4, 96))
+        assert cpu_linear._BLOCK.get().pack and len(cpu_linear._BLOCK.get().packed) == 2
+    assert cpu_linear._BLOCK.get() is None and not patched(outer)
+
+
+def test_folded_lora_layers_compute_through_the_packed_product():
+    tok = tiny_tokenizer()
+    model = get_peft_model(tiny_model(tok), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+        want = model(input_ids=IDS).logits
+        with merged_lora(model), onednn_linears(model, pack=True):
+            got = model(input_ids=IDS).logits
+            folded = [m.folded_weight for m in model.modules() if hasattr(m, "folded_weight")]
+            packed = {id(held.weight) for held in cpu_linear._BLOCK.get().packed.values()}
+    assert folded and all(id(w) in packed for w in folded)
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_wanted_follows_the_setting_and_the_device():
+    cpu = torch.device("cpu")
+    assert wanted(cpu, "onednn") and not wanted(cpu, "torch") and not wanted(torch.device("cuda"), "onednn")
+    assert wanted(cpu, "auto") == (torch.backends.cpu.get_cpu_capability() == "AVX512")
+    with pytest.raises(ValueError, match="cpu_linear"):
+        wanted(cpu, "mkl")
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_a_training_step_through_onednn_matches_torchs_kernels(tmp_path, monkeypatch, checkpointing):
+    """The same seed, one Stage I step each way: the same samples (the tiny model's logits agree
+    to rounding) and loss and weights within fp32 rounding; gradient checkpointing recomputes
+    through the same kernels."""
+    results, calls = {}, []
+    product = cpu_linear.product
+    monkeypatch.setattr(cpu_linear, "product", lambda *a: calls.append(1) or product(*a))
+    for mode in ("torch", "onednn"):
+        calls.clear()
+        cfg = tiny_config(tmp_path / mode, stage1_steps=1, stage2_steps=0)
+        cfg.model.cpu_linear = mode
+        cfg.optim.gradient_checkpointing = checkpointing
+        trainer = make_trainer(cfg)
+        assert trainer.onednn == (mode == "onednn")
+        metrics = trainer.train()[-1]
+        assert bool(calls) == (mode == "onednn")  # rollout, log-probs and backward all go through it
+        results[mode] = (metrics, torch.cat([p.detach().flatten() for p in trainer.model.parameters()]))
+    (m_torch, w_torch), (m_onednn, w_onednn) = results["torch"], results["onednn"]
+    assert m_torch["reward_t2"] == m_onednn["reward_t2"] and m_torch["n_tokens"] == m_onednn["n_tokens"]
+    assert m_onednn["loss"] == pytest.approx(m_torch["loss"], rel=1e-4, abs=1e-6)
+    assert torch.allclose(w_onednn, w_torch, rtol=1e-4, atol=1e-6)
+
+
+def test_fp32_logits_under_autocast_stay_with_their_own_switch():
+    from selfcorrect.precision import fp32_logits
+
+    tok = tiny_tokenizer()
+    model = tiny_model(tok).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with fp32_logits(model):
+            want = model(input_ids=IDS).logits
+            with onednn_linears(model, pack=True):
+                assert "forward" not in vars(model.get_output_embeddings())
+                got = model(input_ids=IDS).logits
+    assert want.dtype == got.dtype == torch.float32
+    assert torch.allclose(got, want, rtol=1e-2, atol=2e-2)
