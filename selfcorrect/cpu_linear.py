@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import types
 from dataclasses import dataclass, field
 
 import torch
@@ -68,24 +69,36 @@ def available() -> bool:
 @dataclass
 class _Packed:
     weight: torch.Tensor  # the layer's own (held, so its id stays unique while packed)
-    version: int  # weight._version when packed: an in-place change packs again
+    version: tuple  # _version_of(weight) when packed: an in-place change or a new storage packs again
     dtype: torch.dtype
     packed: torch.Tensor  # the weight in `dtype`, in oneDNN's blocked layout
+
+
+def _version_of(weight: torch.Tensor) -> tuple:
+    """What changes when the weight does: its autograd version (not bumped by writes through
+    `.data`, which are not seen) and its storage. Inference tensors have no version."""
+    return (0 if weight.is_inference() else weight._version, weight.data_ptr())
 
 
 @dataclass
 class _Block:
     pack: bool
-    packed: dict = field(default_factory=dict)  # (id(weight), under autocast) -> _Packed
+    open: bool = True  # closed on exit: a layer still holding the block computes F.linear
+    packed: dict = field(default_factory=dict)  # (id(weight), compute dtype) -> _Packed
 
-    def weight(self, weight: torch.Tensor, dtype: torch.dtype, key) -> torch.Tensor:
+    def weight(self, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """`weight` in `dtype`, reordered once for oneDNN when this block packs."""
         if not self.pack:
             return weight.to(dtype)
         with torch.no_grad():
             packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype), 16)
-        self.packed[key] = _Packed(weight, weight._version, dtype, packed)
+        self.packed[id(weight), dtype] = _Packed(weight, _version_of(weight), dtype, packed)
         return packed
+
+    def __deepcopy__(self, memo):
+        # a model copied inside a block shares it (its layers hold it); the packed copies are
+        # the block's, never duplicated
+        return self
 
 
 _BLOCK: contextvars.ContextVar[_Block | None] = contextvars.ContextVar("onednn_linears", default=None)
@@ -95,46 +108,51 @@ _BLOCK: contextvars.ContextVar[_Block | None] = contextvars.ContextVar("onednn_l
 def onednn_linears(model, enabled: bool = True, pack: bool = False):
     """Within the block, `model`'s plain nn.Linear layers compute through oneDNN where
     `linear()` covers the call; `pack`: calls without gradients use weights reordered once
-    (rollouts). Blocks nest: the innermost one's settings (and packed weights) hold for every
-    layer an open block switched, and each block puts back only the layers it switched."""
+    (rollouts). Each layer holds the block that switched it, so threads that run the model
+    (transformers' continuous batching) see it too; blocks nest, each putting back only the
+    layers it switched (those of an outer block keep the outer block's settings)."""
     if not enabled:
         yield
         return
+    block = _Block(pack)
     layers = [m for m in model.modules() if type(m) is torch.nn.Linear and "forward" not in vars(m)]
-    token = _BLOCK.set(_Block(pack))
+    token = _BLOCK.set(block)
     for layer in layers:
-        layer.forward = _layer_forward(layer)
+        layer.onednn_block = block
+        layer.forward = types.MethodType(_switched_forward, layer)  # a copy of the model rebinds it
     try:
         yield
     finally:
+        block.open = False
         for layer in layers:
-            del layer.forward  # back to nn.Linear.forward
+            del layer.forward, layer.onednn_block  # back to nn.Linear.forward
         _BLOCK.reset(token)
 
 
-def _layer_forward(layer: torch.nn.Linear):
-    def forward(x):
-        return linear(x, layer.weight, layer.bias)
-    return forward
+def _switched_forward(self, input: torch.Tensor) -> torch.Tensor:  # nn.Linear.forward's signature
+    return linear(input, self.weight, self.bias, self.onednn_block)
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """F.linear(x, weight, bias): through oneDNN inside an `onednn_linears` block where covered."""
-    block = _BLOCK.get()
-    if block is None:
-        return F.linear(x, weight, bias)
-    autocast = torch.is_autocast_enabled("cpu")
-    if block.pack and not torch.is_grad_enabled():  # a decode step's hot path: a few checks, one product
-        held = block.packed.get((id(weight), autocast))
-        if held is not None and held.version == weight._version and x.device.type == "cpu" and x.numel():
-            return product(x.to(held.dtype), held.packed, None if bias is None else bias.to(held.dtype))
-    if not _covered(x, weight, bias):
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+           block: _Block | None = None) -> torch.Tensor:
+    """F.linear(x, weight, bias): through oneDNN inside an `onednn_linears` block (`block`, else
+    the innermost open one of this thread) where covered."""
+    block = block or _BLOCK.get()
+    if block is None or not block.open:
         return F.linear(x, weight, bias)
     grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                         or (bias is not None and bias.requires_grad))
-    if autocast:
+    autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+    if block.pack and not grad:  # a decode step's hot path: a few checks, one product
+        held = block.packed.get((id(weight), autocast or weight.dtype))
+        if held is not None and held.version == _version_of(weight) and x.device.type == "cpu" \
+                and x.numel() and (autocast is not None or x.dtype == weight.dtype):
+            return product(x.to(held.dtype), held.packed, None if bias is None else bias.to(held.dtype))
+    if not _covered(x, weight, bias):
+        return F.linear(x, weight, bias)
+    if autocast is not None:
         # bf16 products are oneDNN's already; only packing (no gradients) adds anything
-        if grad or not block.pack or torch.get_autocast_dtype("cpu") != torch.bfloat16 or not _bf16_supported():
+        if grad or not block.pack or autocast != torch.bfloat16 or not _bf16_supported():
             return F.linear(x, weight, bias)
         dtype = torch.bfloat16
     elif x.dtype == weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32):
@@ -143,8 +161,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
         dtype = torch.float32
     else:
         return F.linear(x, weight, bias)
-    packed = block.weight(weight, dtype, (id(weight), autocast))
-    return product(x.to(dtype), packed, None if bias is None else bias.to(dtype))
+    return product(x.to(dtype), block.weight(weight, dtype), None if bias is None else bias.to(dtype))
 
 
 @functools.cache
@@ -171,8 +188,9 @@ class _OnednnLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
+        # what each gradient reads, as F.linear keeps it: x for the weight's, the weight for x's
+        ctx.save_for_backward(x if weight.requires_grad else None, weight if x.requires_grad else None)
+        ctx.has_bias, ctx.out_features = bias is not None, weight.shape[0]
         return product(x, weight, bias)
 
     @staticmethod
@@ -185,7 +203,7 @@ class _OnednnLinear(torch.autograd.Function):
             grad_x = product(grad, weight.t())  # [..., out] @ [out, in]
         if ctx.needs_input_grad[1]:  # [out, n] @ [n, in]
             flat_x = x.reshape(-1, x.shape[-1])
-            if weight.shape[0] > VOCABULARY_SIZED:
+            if ctx.out_features > VOCABULARY_SIZED:
                 grad_w = flat_grad.t().mm(flat_x)
             else:  # both operands strided views, which oneDNN copies
                 grad_w = product(flat_grad.t(), flat_x.t())

@@ -60,6 +60,22 @@ def test_a_frozen_weight_gets_no_gradient_and_the_input_still_does():
     assert model[0].weight.grad is None and model[0].bias.grad is not None and x.grad is not None
 
 
+@pytest.mark.parametrize("out_features", [160, cpu_linear.VOCABULARY_SIZED + 1])
+def test_an_input_without_gradient_still_trains_the_weight(out_features):
+    """A LoRA adapter's first layer: frozen embeddings in, so only the weight needs a gradient."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(96, out_features)
+    x = torch.randn(5, 96)
+    grads = []
+    for on in (False, True):
+        layer.zero_grad()
+        with onednn_linears(layer, on):
+            layer(x).square().sum().backward()
+        grads.append((layer.weight.grad.clone(), layer.bias.grad.clone()))
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_packed_weights_give_the_unpacked_results_and_follow_in_place_changes():
     model = layers().eval()
     x = torch.randn(16, 96)
@@ -122,20 +138,81 @@ def test_every_linear_layer_computes_through_it_and_is_put_back():
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_nested_blocks_switch_their_own_layers_under_the_innermost_settings():
+def test_nested_blocks_switch_their_own_layers_and_each_layer_keeps_its_blocks_settings():
     outer, inner = layers(seed=0).eval(), layers(seed=1).eval()
     with onednn_linears(outer, pack=True):
+        outer_block = cpu_linear._BLOCK.get()
         with onednn_linears(inner):
             assert len(patched(inner)) == 2
             with torch.no_grad():
                 inner(torch.randn(4, 96))
                 outer(torch.randn(4, 96))
-            assert not cpu_linear._BLOCK.get().pack and not cpu_linear._BLOCK.get().packed
+            assert not cpu_linear._BLOCK.get().packed  # the inner block does not pack
+            assert len(outer_block.packed) == 2  # the outer layers packed under their own block
         assert not patched(inner) and len(patched(outer)) == 2
-        with torch.no_grad():
-            outer(torch.randn(4, 96))
-        assert cpu_linear._BLOCK.get().pack and len(cpu_linear._BLOCK.get().packed) == 2
-    assert cpu_linear._BLOCK.get() is None and not patched(outer)
+    assert cpu_linear._BLOCK.get() is None and not patched(outer) and not outer_block.open
+
+
+def test_a_thread_running_the_model_computes_through_the_block(monkeypatch):
+    """transformers' continuous batching runs the model in its own thread, where context
+    variables start empty: the layers carry their block."""
+    import threading
+
+    calls = []
+    product = cpu_linear.product
+    monkeypatch.setattr(cpu_linear, "product", lambda *a: calls.append(1) or product(*a))
+    model = layers().eval()
+    with torch.no_grad(), onednn_linears(model, pack=True):
+        worker = threading.Thread(target=lambda: model(torch.randn(4, 96)))
+        worker.start()
+        worker.join()
+    assert len(calls) == 2
+
+
+def test_a_model_copied_inside_a_block_computes_with_its_own_weights():
+    import copy
+
+    model = layers().eval()
+    x = torch.randn(4, 96)
+    with torch.no_grad(), onednn_linears(model, pack=True):
+        model(x)
+        twin = copy.deepcopy(model)
+        twin[0].weight.mul_(3)
+        assert not torch.allclose(twin(x), model(x), atol=1e-3)
+    with torch.no_grad():
+        assert torch.allclose(twin(x), F.linear(F.gelu(F.linear(x, *_wb(twin[0]))), *_wb(twin[2])),
+                              rtol=1e-5, atol=1e-5)
+
+
+def test_calls_it_does_not_cover_inside_a_pack_block_stay_f_linear():
+    model = layers().eval()
+    x = torch.randn(4, 96)
+    with torch.no_grad(), onednn_linears(model, pack=True):
+        model(x)  # packs fp32 weights
+        assert model[0](input=x).shape == (4, 160)  # nn.Linear's keyword
+        x64 = x.double()
+        assert torch.equal(linear(x64, model[0].weight.double(), None), F.linear(x64, model[0].weight.double()))
+        model[0].weight = torch.nn.Parameter(model[0].weight * 2)  # a new tensor: packed anew
+        assert torch.allclose(model[0](x), F.linear(x, model[0].weight, model[0].bias), rtol=1e-5, atol=1e-5)
+    with torch.inference_mode():  # weights made under inference mode (no version counter)
+        weight = torch.randn(160, 96)
+        with onednn_linears(torch.nn.Linear(1, 1), pack=True):
+            assert torch.allclose(linear(x, weight, None), F.linear(x, weight), rtol=1e-5, atol=1e-5)
+
+
+def test_an_output_sized_layer_tied_to_an_embedding_gets_torchs_weight_gradient():
+    torch.manual_seed(0)
+    embedding, head = torch.nn.Embedding(cpu_linear.VOCABULARY_SIZED + 100, 32), None
+    head = torch.nn.Linear(32, embedding.num_embeddings, bias=False)
+    head.weight = embedding.weight  # tied, as SmolLM2's
+    ids = torch.randint(0, embedding.num_embeddings, (3, 5))
+    grads = []
+    for on in (False, True):
+        embedding.zero_grad()
+        with onednn_linears(head, on):
+            head(embedding(ids)).logsumexp(-1).sum().backward()
+        grads.append(embedding.weight.grad.clone())
+    assert torch.allclose(grads[1], grads[0], rtol=1e-4, atol=1e-6)
 
 
 def test_folded_lora_layers_compute_through_the_packed_product():
@@ -164,27 +241,48 @@ def test_wanted_follows_the_setting_and_the_device():
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
-def test_a_training_step_through_onednn_matches_torchs_kernels(tmp_path, monkeypatch, checkpointing):
-    """The same seed, one Stage I step each way: the same samples (the tiny model's logits agree
-    to rounding) and loss and weights within fp32 rounding; gradient checkpointing recomputes
-    through the same kernels."""
-    results, calls = {}, []
+def test_the_trainers_update_through_onednn_gives_torchs_gradients(tmp_path, monkeypatch, checkpointing):
+    """One rollout scored both ways by the same trainer: every gradient within fp32 rounding
+    of torch's kernels', each phase (rollout, log-probs, backward) through oneDNN when on;
+    gradient checkpointing recomputes through the same kernels."""
+    from selfcorrect.rollout import verify
+
+    calls = []
     product = cpu_linear.product
     monkeypatch.setattr(cpu_linear, "product", lambda *a: calls.append(1) or product(*a))
-    for mode in ("torch", "onednn"):
+    cfg = tiny_config(tmp_path, stage1_steps=1, stage2_steps=0)
+    cfg.model.cpu_linear = "onednn"
+    cfg.optim.gradient_checkpointing = checkpointing
+    trainer = make_trainer(cfg)
+    assert trainer.onednn
+    problems = trainer.next_problems()
+    ro = trainer.draw(problems, 2)
+    assert calls, "the rollout ran through oneDNN"
+    verify(trainer.task, ro)
+    _, _, adv, valid = trainer.advantages(ro, 1)
+    grads = {}
+    for on in (False, True):
+        trainer.onednn = on
+        trainer.optimizer.zero_grad(set_to_none=True)
         calls.clear()
-        cfg = tiny_config(tmp_path / mode, stage1_steps=1, stage2_steps=0)
+        trainer._accumulate_gradients(ro, adv, valid, 1)
+        assert bool(calls) == on
+        grads[on] = [p.grad.clone() for p in trainer.model.parameters() if p.grad is not None]
+    assert grads[True] and len(grads[True]) == len(grads[False])
+    assert any(g.abs().max() > 0 for g in grads[False])
+    for a, b in zip(grads[True], grads[False]):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_training_run_reads_the_setting_and_trains_alike_either_way(tmp_path):
+    losses = {}
+    for mode, on in (("torch", False), ("onednn", True)):
+        cfg = tiny_config(tmp_path / mode, stage1_steps=2, stage2_steps=0)
         cfg.model.cpu_linear = mode
-        cfg.optim.gradient_checkpointing = checkpointing
         trainer = make_trainer(cfg)
-        assert trainer.onednn == (mode == "onednn")
-        metrics = trainer.train()[-1]
-        assert bool(calls) == (mode == "onednn")  # rollout, log-probs and backward all go through it
-        results[mode] = (metrics, torch.cat([p.detach().flatten() for p in trainer.model.parameters()]))
-    (m_torch, w_torch), (m_onednn, w_onednn) = results["torch"], results["onednn"]
-    assert m_torch["reward_t2"] == m_onednn["reward_t2"] and m_torch["n_tokens"] == m_onednn["n_tokens"]
-    assert m_onednn["loss"] == pytest.approx(m_torch["loss"], rel=1e-4, abs=1e-6)
-    assert torch.allclose(w_onednn, w_torch, rtol=1e-4, atol=1e-6)
+        assert trainer.onednn == on
+        losses[mode] = [m["loss"] for m in trainer.train()]
+    assert losses["onednn"] == pytest.approx(losses["torch"], rel=1e-3, abs=1e-5)
 
 
 def test_fp32_logits_under_autocast_stay_with_their_own_switch():
