@@ -93,6 +93,15 @@ def time_ways(trainer: Trainer, problems, fixed, ways: dict, repeats: int) -> di
     return seconds
 
 
+def summarise_ways(seconds: dict, slow: str, fast: str) -> dict:
+    """time_ways' seconds as the benchmarks print them: per way and phase the median
+    (`<way>_<phase>_seconds`) and the runs, and per phase the speedup (slow's median / fast's)."""
+    median = {f"{way}_{phase}_seconds": round(statistics.median(v), 4) for (way, phase), v in seconds.items()}
+    return {**median, "runs": {f"{way}_{phase}": [round(x, 4) for x in v] for (way, phase), v in seconds.items()},
+            **{f"{phase}_speedup": round(median[f"{slow}_{phase}_seconds"] / median[f"{fast}_{phase}_seconds"], 4)
+               for phase in ("rollout", "update")}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_step_arguments(parser)
@@ -122,17 +131,14 @@ def main() -> None:
         errors[way] = {"rms": float(diff.pow(2).mean().sqrt()), "max": float(diff.abs().max())}
     fp32_attention.ENABLED = True
 
-    median = {f"{way}_{phase}_seconds": round(statistics.median(v), 4) for (way, phase), v in seconds.items()}
-    result = {**median, "runs": {f"{way}_{phase}": [round(x, 4) for x in v] for (way, phase), v in seconds.items()},
-              "rollout_speedup": round(median["autocast_rollout_seconds"] / median["fp32_rollout_seconds"], 4),
-              "update_speedup": round(median["autocast_update_seconds"] / median["fp32_update_seconds"], 4),
-              "logprob_error_vs_fp32": errors, "scored_tokens": int(exact.numel()),
-              "settings": {"model": args.model, "lora": args.lora, "problems": args.problems, "samples": args.samples,
-                           "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
-                           "threads": torch.get_num_threads()}}
-    print(f"rollout: autocast attention {median['autocast_rollout_seconds']:.2f} s, fp32 attention "
-          f"{median['fp32_rollout_seconds']:.2f} s ({result['rollout_speedup']:.2f}x); update: "
-          f"{median['autocast_update_seconds']:.2f} s against {median['fp32_update_seconds']:.2f} s "
+    result = summarise_ways(seconds, "autocast", "fp32")
+    result |= {"logprob_error_vs_fp32": errors, "scored_tokens": int(exact.numel()),
+               "settings": {"model": args.model, "lora": args.lora, "problems": args.problems, "samples": args.samples,
+                            "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
+                            "threads": torch.get_num_threads()}}
+    print(f"rollout: autocast attention {result['autocast_rollout_seconds']:.2f} s, fp32 attention "
+          f"{result['fp32_rollout_seconds']:.2f} s ({result['rollout_speedup']:.2f}x); update: "
+          f"{result['autocast_update_seconds']:.2f} s against {result['fp32_update_seconds']:.2f} s "
           f"({result['update_speedup']:.2f}x); log-prob rms error against fp32: autocast "
           f"{errors['autocast']['rms']:.2e}, fp32 attention {errors['fp32']['rms']:.2e}")
     print(json.dumps(result))

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cpu_attention_speed import draw, fixed_length_trainer, time_ways  # noqa: E402
+from cpu_attention_speed import draw, fixed_length_trainer, summarise_ways, time_ways  # noqa: E402
 from lora_rollout_speed import mean_engine_gap, move_adapters  # noqa: E402
 from vs_trl import add_step_arguments, parse_step_arguments  # noqa: E402
 
@@ -73,19 +72,16 @@ def main() -> None:
         gaps[way] = mean_engine_gap(trainer, draw(trainer, problems, seed=0))
     diff = logprobs["onednn"] - logprobs["torch"]
 
-    median = {f"{way}_{phase}_seconds": round(statistics.median(v), 4) for (way, phase), v in seconds.items()}
-    result = {**median, "runs": {f"{way}_{phase}": [round(x, 4) for x in v] for (way, phase), v in seconds.items()},
-              "rollout_speedup": round(median["torch_rollout_seconds"] / median["onednn_rollout_seconds"], 4),
-              "update_speedup": round(median["torch_update_seconds"] / median["onednn_update_seconds"], 4),
-              "logprob_difference": {"rms": float(diff.pow(2).mean().sqrt()), "max": float(diff.abs().max())},
-              "engine_gap_mean": {way: float(f"{g:.4g}") for way, g in gaps.items()},
-              "scored_tokens": int(diff.numel()), "cpu_capability": capability,
-              "settings": {"model": args.model, "lora": args.lora, "dtype": args.dtype, "problems": args.problems,
-                           "samples": args.samples, "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
-                           "threads": torch.get_num_threads()}}
-    print(f"rollout: torch {median['torch_rollout_seconds']:.2f} s, oneDNN {median['onednn_rollout_seconds']:.2f} s "
-          f"({result['rollout_speedup']:.2f}x); update: {median['torch_update_seconds']:.2f} s against "
-          f"{median['onednn_update_seconds']:.2f} s ({result['update_speedup']:.2f}x); log-prob difference "
+    result = summarise_ways(seconds, "torch", "onednn")
+    result |= {"logprob_difference": {"rms": float(diff.pow(2).mean().sqrt()), "max": float(diff.abs().max())},
+               "engine_gap_mean": {way: float(f"{g:.4g}") for way, g in gaps.items()},
+               "scored_tokens": int(diff.numel()), "cpu_capability": capability,
+               "settings": {"model": args.model, "lora": args.lora, "dtype": args.dtype, "problems": args.problems,
+                            "samples": args.samples, "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
+                            "threads": torch.get_num_threads()}}
+    print(f"rollout: torch {result['torch_rollout_seconds']:.2f} s, oneDNN {result['onednn_rollout_seconds']:.2f} s "
+          f"({result['rollout_speedup']:.2f}x); update: {result['torch_update_seconds']:.2f} s against "
+          f"{result['onednn_update_seconds']:.2f} s ({result['update_speedup']:.2f}x); log-prob difference "
           f"rms {result['logprob_difference']['rms']:.2e}, max {result['logprob_difference']['max']:.2e}; "
           f"engine gap torch {gaps['torch']:.2e}, oneDNN {gaps['onednn']:.2e}")
     print(json.dumps(result))

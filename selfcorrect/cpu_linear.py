@@ -61,9 +61,14 @@ def wanted(device: torch.device, mode: str) -> bool:
     return mode == "onednn" or torch.backends.cpu.get_cpu_capability() == "AVX512"
 
 
+def inner_product_available() -> bool:
+    """Whether this torch build has oneDNN's inner product (`product`)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
 def available() -> bool:
-    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+    """Whether `onednn_linears` can run: the inner product and weight packing."""
+    return inner_product_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
 
 @dataclass

@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .engines.cpu_output_layer import onednn_available, onednn_linear, plain_output_layer
+from .cpu_linear import inner_product_available, product
+from .engines.cpu_output_layer import plain_output_layer
 
 # frozen half-precision weight -> (its state when copied, the fp32 copy)
 _FP32_COPIES = WeakIdKeyDictionary()  # by identity: tensors compare element-wise
@@ -122,10 +123,10 @@ def exact_product(hidden, weight, bias, half: torch.dtype, exact_weight=None, ki
         with _tf32_allowed():
             return F.linear(hidden.float(), weight.float(), bias)
     weight = exact_weight if exact_weight is not None else weight.float()
-    if hidden.device.type == "cpu" and not torch.is_grad_enabled() and onednn_available():
+    if hidden.device.type == "cpu" and not torch.is_grad_enabled() and inner_product_available():
         # oneDNN: faster at generation's few rows, no slower in the update (an inference-only
         # op; within Fp32Product gradients are off and its backward supplies them)
-        return onednn_linear(hidden.float(), weight, bias)
+        return product(hidden.float(), weight, bias)
     return F.linear(hidden.float(), weight, bias)
 
 

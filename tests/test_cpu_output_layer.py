@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from selfcorrect.engines.cpu_output_layer import onednn_linear, onednn_output_layer
+from selfcorrect.cpu_linear import product
+from selfcorrect.engines.cpu_output_layer import onednn_output_layer
 from tiny import tiny_model, tiny_tokenizer
 
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
@@ -16,7 +17,7 @@ def test_equals_linear(shape, bias):
     g = torch.Generator().manual_seed(0)
     layer = torch.nn.Linear(16, 40, bias=bias)
     x = torch.randn(*shape, generator=g)
-    torch.testing.assert_close(onednn_linear(x, layer.weight, layer.bias), layer(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(product(x, layer.weight, layer.bias), layer(x), atol=1e-5, rtol=1e-5)
 
 
 @needs_onednn

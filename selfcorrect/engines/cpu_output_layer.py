@@ -18,6 +18,8 @@ import contextlib
 
 import torch
 
+from ..cpu_linear import inner_product_available, product
+
 
 @contextlib.contextmanager
 def onednn_output_layer(model):
@@ -32,24 +34,13 @@ def onednn_output_layer(model):
         # and it ignores autocast, so under autocast too (the trainer's logits are autocast's)
         if torch.is_grad_enabled() or torch.is_autocast_enabled("cpu"):
             return plain(hidden)
-        return onednn_linear(hidden, head.weight, head.bias)
+        return product(hidden, head.weight, head.bias)
 
     head.forward = forward
     try:
         yield
     finally:
         del head.forward  # back to nn.Linear.forward
-
-
-def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x [..., H] @ weight[V, H].T (+ bias [V]) -> [..., V] by oneDNN; inference only."""
-    flat = x.reshape(-1, x.shape[-1])
-    out = torch.ops.mkldnn._linear_pointwise(flat, weight, bias, "none", [], "")
-    return out.view(*x.shape[:-1], weight.shape[0])
-
-
-def onednn_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 def plain_output_layer(model):
@@ -67,7 +58,7 @@ def _eligible_head(model):
     """The plain output nn.Linear (plain_output_layer) when it is fp32 on a CPU, with oneDNN
     available; else None. Under precision.fp32_logits it is not plain: that switch uses oneDNN
     itself."""
-    if not onednn_available():
+    if not inner_product_available():
         return None
     head = plain_output_layer(model)
     if head is None:
