@@ -115,6 +115,11 @@ class AlgoConfig:
     beta2: float = opt(0.1, "extra KL coefficient pinning attempt 1 in Stage I")
     kl_estimator: str = opt("k2", "per-token KL loss: k2 (unbiased gradient), k1 (in-reward form), "
                             "k3 (biased gradient, for comparison)", ("k1", "k2", "k3"))
+    baseline: str = opt("group", "RLOO baseline of each attempt: group (the mean reward of the problem's other "
+                        "samples) or previous (of its other samples whose previous attempt scored the same, the "
+                        "group's where none did: a copied right answer is then measured against other right first "
+                        "attempts, not against wrong ones; same expected gradient, less noise)",
+                        ("group", "previous"))
     reduction: str = opt("token", "loss normalisation: token mean or sequence mean", ("token", "sequence"))
 
 

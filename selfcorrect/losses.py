@@ -201,13 +201,17 @@ def stage_rewards(r: Tensor, stage: int, alpha: float) -> tuple[Tensor, Tensor]:
     return rewards, has
 
 
-def rloo_advantages(rewards: Tensor, has_reward: Tensor) -> tuple[Tensor, Tensor]:
+def rloo_advantages(rewards: Tensor, has_reward: Tensor, strata: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Leave-one-out (RLOO) advantages per prompt and attempt over the k samples.
 
-    rewards: [P, k, n] float; has_reward: [P, k, n] bool.
+    rewards: [P, k, n] float; has_reward: [P, k, n] bool; strata: optional [P, k, n] float.
     For a rewarded sample j: adv_j = R_j − mean(R of the OTHER rewarded samples of the same
     prompt and attempt). Unrewarded samples are left out of every baseline. A sample without a
     reward, or whose group has no other rewarded sample, gets adv 0 and valid False.
+    With `strata`, the baseline is the mean over the other rewarded samples of the same stratum
+    (equal values; NaN matches nothing) where the sample has any, the whole group's otherwise.
+    A stratum that depends only on what came before the attempt (e.g. the previous attempt's
+    score) keeps the gradient unbiased: the baseline never sees the sample's own attempt.
     Returns (adv [P, k, n] float32, valid [P, k, n] bool).
     """
     if rewards.dim() != 3:
@@ -217,14 +221,34 @@ def rloo_advantages(rewards: Tensor, has_reward: Tensor) -> tuple[Tensor, Tensor
             f"has_reward must be a bool tensor of shape {tuple(rewards.shape)}, "
             f"got {has_reward.dtype} {tuple(has_reward.shape)}"
         )
+    if strata is not None and strata.shape != rewards.shape:
+        raise ValueError(f"strata must have shape {tuple(rewards.shape)}, got {tuple(strata.shape)}")
     r = torch.where(has_reward, rewards.to(torch.float32), 0.0)
     count = has_reward.sum(dim=1, keepdim=True)  # [P, 1, n] rewarded samples per group
     total = r.sum(dim=1, keepdim=True)  # [P, 1, n]
     valid = has_reward & (count >= 2)
     others = (count - 1).clamp(min=1).to(torch.float32)
     baseline = (total - r) / others  # mean of the other rewarded samples
+    if strata is not None:
+        k = rewards.shape[1]
+        same = strata.unsqueeze(2) == strata.unsqueeze(1)  # [P, k(i), k(j), n]: j shares i's stratum
+        same &= has_reward.unsqueeze(1) & ~torch.eye(k, dtype=torch.bool, device=r.device)[None, :, :, None]
+        peers = same.sum(dim=2)  # [P, k, n]
+        peer_total = (same * r.unsqueeze(1)).sum(dim=2)
+        baseline = torch.where(peers > 0, peer_total / peers.clamp(min=1), baseline)
     adv = torch.where(valid, r - baseline, 0.0)
     return adv, valid
+
+
+def previous_attempt_strata(r: Tensor) -> Tensor:
+    """Strata for `rloo_advantages` that compare an attempt only with samples whose previous
+    attempt scored the same: r [B, n] verifier rewards (NaN = none) -> [B, n] float, attempt 1
+    all in one stratum (0), attempt i >= 2 in stratum r[:, i-1] (NaN: its own, alone)."""
+    if r.dim() != 2 or r.shape[1] < 1:
+        raise ValueError(f"r must be [B, n] with n >= 1, got shape {tuple(r.shape)}")
+    strata = torch.zeros_like(r, dtype=torch.float32)
+    strata[:, 1:] = r[:, :-1].to(torch.float32)
+    return strata
 
 
 def token_advantages(adv: Tensor, valid: Tensor, turn_ids: Tensor) -> tuple[Tensor, Tensor]:

@@ -382,7 +382,9 @@ class Trainer:
         r = ro.rewards()
         rewards, has = losses.stage_rewards(r, stage, self.cfg.algo.alpha)
         n_problems = len(ro.rows) // k
-        adv, valid = losses.rloo_advantages(rewards.view(n_problems, k, n_att), has.view(n_problems, k, n_att))
+        strata = losses.previous_attempt_strata(r) if self.cfg.algo.baseline == "previous" else None
+        adv, valid = losses.rloo_advantages(rewards.view(n_problems, k, n_att), has.view(n_problems, k, n_att),
+                                            None if strata is None else strata.view(n_problems, k, n_att))
         return r, has, adv.view(-1, n_att), valid.view(-1, n_att)
 
     def _accumulate_gradients(self, ro, adv, valid, stage) -> tuple[float, dict]:

@@ -10,6 +10,7 @@ from selfcorrect.losses import (
     kl_penalty,
     kl_value,
     policy_loss,
+    previous_attempt_strata,
     rloo_advantages,
     selective_log_softmax,
     stage_rewards,
@@ -148,6 +149,50 @@ def test_rloo_per_attempt_independent_groups():
     adv, valid = rloo_advantages(rewards, has)
     assert adv[0, :, 1].tolist() == pytest.approx([21.0, -21.0, 0.0])
     assert valid[0, :, 1].tolist() == [True, True, False]
+
+
+def test_rloo_strata_compare_with_samples_of_the_same_previous_score():
+    # P=1, k=4, n=2, Stage II rewards. Attempt 1 scored 1, 1, 0, 0; attempt 2: copy (1), copy (1),
+    # fix (11), copy (0). With strata = attempt 1's score, a copied right answer is measured
+    # against the other right first attempt (advantage 0), the fix against the wrong one that stayed.
+    r = torch.tensor([[1.0, 1.0], [1.0, 1.0], [0.0, 1.0], [0.0, 0.0]])
+    rewards, has = stage_rewards(r, stage=2, alpha=10.0)
+    strata = previous_attempt_strata(r)
+    adv, valid = rloo_advantages(rewards.view(1, 4, 2), has.view(1, 4, 2), strata.view(1, 4, 2))
+    assert valid.all()
+    assert adv[0, :, 0].tolist() == pytest.approx([2 / 3, 2 / 3, -2 / 3, -2 / 3])  # attempt 1: one stratum
+    assert adv[0, :, 1].tolist() == pytest.approx([0.0, 0.0, 11.0, -11.0])
+    plain, _ = rloo_advantages(rewards.view(1, 4, 2), has.view(1, 4, 2))
+    assert plain[0, :, 1].tolist() == pytest.approx([1 - 4.0, 1 - 4.0, 11 - 2 / 3, 0 - 13 / 3])
+
+
+def test_rloo_strata_fall_back_to_the_group_and_never_see_the_own_reward():
+    rewards = torch.tensor([[[1.0], [0.0], [1.0], [0.0]]])
+    has = torch.ones(1, 4, 1, dtype=torch.bool)
+    strata = torch.tensor([[[0.0], [1.0], [1.0], [NAN]]])  # samples 0 and 3 have no peer
+    adv, valid = rloo_advantages(rewards, has, strata)
+    assert valid.all()
+    assert adv[0, :, 0].tolist() == pytest.approx([1 - 1 / 3, 0 - 1.0, 1 - 0.0, 0 - 2 / 3])
+    # a sample's baseline (reward - advantage) does not move when its own reward does
+    moved = rewards.clone()
+    moved[0, 1, 0] = 7.0
+    adv2, _ = rloo_advantages(moved, has, strata)
+    assert (moved - adv2)[0, 1, 0] == pytest.approx((rewards - adv)[0, 1, 0])
+    # peers without a reward do not count: sample 2's only peer is unrewarded -> the group's mean
+    has[0, 1, 0] = False
+    adv3, valid3 = rloo_advantages(rewards, has, strata)
+    assert valid3[0, :, 0].tolist() == [True, False, True, True]
+    assert adv3[0, 2, 0] == pytest.approx(1 - 1 / 2)
+    with pytest.raises(ValueError, match="strata"):
+        rloo_advantages(rewards, has, strata[:, :2])
+
+
+def test_previous_attempt_strata():
+    r = torch.tensor([[1.0, 0.0, 1.0], [NAN, 0.5, 0.0]])
+    strata = previous_attempt_strata(r)
+    assert strata[:, 0].tolist() == [0.0, 0.0]
+    assert strata[0, 1:].tolist() == [1.0, 0.0]
+    assert torch.isnan(strata[1, 1]) and strata[1, 2] == 0.5
 
 
 # --- token_advantages -------------------------------------------------------------------------
