@@ -140,6 +140,24 @@ def test_resume_from_step_2_reproduces_losses(tmp_path):
     assert steps == [1, 2, 3, 4]  # the interrupted run's steps 3-4 are not logged twice
 
 
+@pytest.mark.parametrize("baseline", ["group", "previous"])
+def test_the_trainer_takes_attempt_twos_baseline_from_the_setting(tmp_path, baseline):
+    """One problem, k = 4, first attempts right, right, wrong, wrong; then copy, copy, fix, copy
+    (Stage II rewards 1, 1, 11, 0)."""
+    from types import SimpleNamespace
+
+    cfg = tiny_config(tmp_path, baseline=baseline)
+    cfg.rollout.samples_per_problem = 4
+    trainer = make_trainer(cfg)
+    r = torch.tensor([[1.0, 1.0], [1.0, 1.0], [0.0, 1.0], [0.0, 0.0]])
+    ro = SimpleNamespace(rows=[None] * 4, n_attempts=2, rewards=lambda: r)
+    _, _, adv, valid = trainer.advantages(ro, 2)
+    assert valid.all()
+    assert adv[:, 0].tolist() == pytest.approx([2 / 3, 2 / 3, -2 / 3, -2 / 3])
+    expected = [0.0, 0.0, 11.0, -11.0] if baseline == "previous" else [-3.0, -3.0, 11 - 2 / 3, -13 / 3]
+    assert adv[:, 1].tolist() == pytest.approx(expected)
+
+
 @pytest.mark.parametrize("window", [1, 2])
 def test_keep_best_saves_the_model_of_the_best_reward_window(tmp_path, window):
     cfg = tiny_config(tmp_path)
