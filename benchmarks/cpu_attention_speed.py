@@ -102,6 +102,11 @@ def summarise_ways(seconds: dict, slow: str, fast: str) -> dict:
                for phase in ("rollout", "update")}}
 
 
+def summarise_difference(diff) -> dict:
+    """A tensor of log-prob differences as the benchmarks print it: root mean square and largest size."""
+    return {"rms": float(diff.pow(2).mean().sqrt()), "max": float(diff.abs().max())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_step_arguments(parser)
@@ -128,7 +133,7 @@ def main() -> None:
     for way, enabled in WAYS.items():
         fp32_attention.ENABLED = enabled
         diff = trainer.attempt_logprobs(fixed)[0] - exact
-        errors[way] = {"rms": float(diff.pow(2).mean().sqrt()), "max": float(diff.abs().max())}
+        errors[way] = summarise_difference(diff)
     fp32_attention.ENABLED = True
 
     result = summarise_ways(seconds, "autocast", "fp32")

@@ -28,7 +28,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cpu_attention_speed import draw, fixed_length_trainer, summarise_ways, time_ways  # noqa: E402
+from cpu_attention_speed import (  # noqa: E402
+    draw, fixed_length_trainer, summarise_difference, summarise_ways, time_ways,
+)
 from lora_rollout_speed import mean_engine_gap, move_adapters  # noqa: E402
 from vs_trl import add_step_arguments, parse_step_arguments  # noqa: E402
 
@@ -73,7 +75,7 @@ def main() -> None:
     diff = logprobs["onednn"] - logprobs["torch"]
 
     result = summarise_ways(seconds, "torch", "onednn")
-    result |= {"logprob_difference": {"rms": float(diff.pow(2).mean().sqrt()), "max": float(diff.abs().max())},
+    result |= {"logprob_difference": summarise_difference(diff),
                "engine_gap_mean": {way: float(f"{g:.4g}") for way, g in gaps.items()},
                "scored_tokens": int(diff.numel()), "cpu_capability": capability,
                "settings": {"model": args.model, "lora": args.lora, "dtype": args.dtype, "problems": args.problems,
