@@ -55,13 +55,13 @@ def main() -> None:
     problems = trainer.next_problems()
     capability = torch.backends.cpu.get_cpu_capability()
     print(f"model {args.model}, {'LoRA' if args.lora else 'full weights'}, {args.dtype}, cpu ({capability}; "
-          f"auto picks {'onednn' if cpu_linear.wanted(torch.device('cpu'), 'auto') else 'torch'}), "
+          f"auto picks {cpu_linear.describe(torch.device('cpu'), 'auto')}), "
           f"{len(problems)} problems x {args.samples} samples x 2 attempts of {args.max_new_tokens} tokens, "
           f"torch threads {torch.get_num_threads()}", flush=True)
 
     def switch(enabled: bool):
         def on():
-            trainer.onednn = enabled
+            trainer.onednn = trainer.onednn_rollout = enabled
         return on
 
     fixed = draw(trainer, problems, seed=0)
@@ -69,7 +69,7 @@ def main() -> None:
 
     logprobs, gaps = {}, {}
     for way, enabled in WAYS.items():
-        trainer.onednn = enabled
+        trainer.onednn = trainer.onednn_rollout = enabled
         logprobs[way] = trainer.attempt_logprobs(fixed)[0]
         gaps[way] = mean_engine_gap(trainer, draw(trainer, problems, seed=0))
     diff = logprobs["onednn"] - logprobs["torch"]

@@ -50,9 +50,11 @@ Settings made equal on purpose (TRL's defaults differ; checked against trl 1.16)
   TRL's single batch.
 - kernels (not made equal by default): on a CPU where torch reports AVX-512 our side runs its
   linear layers through oneDNN (selfcorrect/cpu_linear.py, `model.cpu_linear auto`), 1.6-2.3x
-  faster there than the MKL products TRL's model runs; `--trl-onednn` gives TRL's model the same
-  kernels (its policy and reference, weights packed for its generation), so the ratio then
-  measures everything but the kernel.
+  faster there than the MKL products TRL's model runs (where it reports AVX2, only our
+  generation); `--trl-onednn` gives TRL's model oneDNN for everything (its policy and reference,
+  weights packed for its generation), so on AVX-512 the ratio then measures everything but the
+  kernel. AVX2 kernels on an AVX-512 CPU, the way this project measures them:
+  `MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2` before the command.
 - host memory: on a CPU our Trainer sets glibc's malloc to keep freed memory
   (selfcorrect/host_memory.py); the setting is process-wide, so TRL's steps here run with it too.
 
@@ -379,7 +381,7 @@ def main() -> None:
                           "micro_batch": cfg.optim.micro_batch_size,
                           "share_prompt": ours.share_prompts, "beta": cfg.algo.beta1,
                           "threads": torch.get_num_threads(), "trl": trl.__version__,
-                          "ours_cpu_linear": "onednn" if ours.onednn else "torch",
+                          "ours_cpu_linear": cpu_linear.describe(ours.device, cfg.model.cpu_linear),
                           "trl_cpu_linear": "onednn" if on_our_kernels else "torch",
                           "trl_effective": trl_effective(theirs)}
     print(f"ours: {result['ours_seconds_per_step']:.2f} s/step, {rows * 2} attempts/step, "

@@ -39,9 +39,11 @@ class ModelConfig:
                             "sampling and log-probs: bf16-rounded logits add error of the size of small KLs "
                             "(docs/PERFORMANCE.md); little cost; no effect in fp32")
     cpu_linear: str = opt("auto", "on a CPU, the kernel of the linear layers: onednn (oneDNN's inner product; "
-                          "weights packed once per rollout), torch (torch's default: MKL in fp32), or auto "
+                          "weights packed once per rollout), torch (torch's kernels for every product, generation's "
+                          "output layer included: MKL in fp32), or auto "
                           "(onednn where torch reports AVX-512, 1.6-2.3x faster fp32 products measured there; "
-                          "torch elsewhere). Results differ in the last bits (selfcorrect/cpu_linear.py)",
+                          "onednn for generation only where it reports AVX2, 1.25x a rollout there; torch "
+                          "elsewhere). Results differ in the last bits (selfcorrect/cpu_linear.py)",
                           ("auto", "onednn", "torch"))
     lora: bool = opt(False, "train a LoRA adapter (peft) instead of all weights; the reference is "
                      "then the base with the adapter disabled, no second copy")

@@ -46,19 +46,34 @@ import torch
 import torch.nn.functional as F
 
 MODES = ("auto", "onednn", "torch")
+PHASES = ("rollout", "update")
 # a weight gradient of a layer with more outputs than this (an output layer: [V, n] x [n, H]) stays
 # MKL's: through oneDNN it cost SmolLM2's update 1.1 s more than it saved (a transposed copy of
 # the [n, V] logits' gradient; the shared prompts' 4-row call took 1.7 s in a profile)
 VOCABULARY_SIZED = 16384
 
 
-def wanted(device: torch.device, mode: str) -> bool:
-    """Whether `mode` (model.cpu_linear) routes linears through oneDNN on `device`."""
+def wanted(device: torch.device, mode: str, phase: str = "update") -> bool:
+    """Whether `mode` (model.cpu_linear) routes `phase`'s linears through oneDNN on `device`.
+    phase "rollout": generation without gradients (rollouts, sampling, evaluation; weights
+    packed); "update": log-probs with gradients and the backward. `auto`: both where torch
+    reports AVX-512; rollouts alone where it reports AVX2 (packed products there ran a rollout
+    1.25x faster, unpacked ones an update 0.9x torch's: docs/PERFORMANCE.md)."""
     if mode not in MODES:
         raise ValueError(f"cpu_linear must be one of {MODES}, got {mode!r}")
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
     if device.type != "cpu" or mode == "torch" or not available():
         return False
-    return mode == "onednn" or torch.backends.cpu.get_cpu_capability() == "AVX512"
+    capability = torch.backends.cpu.get_cpu_capability()
+    return mode == "onednn" or capability == "AVX512" or (phase == "rollout" and capability == "AVX2")
+
+
+def describe(device: torch.device, mode: str) -> str:
+    """What `mode` picks on `device`, for benchmarks' records: "onednn", "torch", or
+    "onednn rollouts, torch update"."""
+    rollout, update = wanted(device, mode, "rollout"), wanted(device, mode)
+    return "onednn" if update else "onednn rollouts, torch update" if rollout else "torch"
 
 
 def inner_product_available() -> bool:
@@ -107,18 +122,29 @@ class _Block:
 
 
 _BLOCK: contextvars.ContextVar[_Block | None] = contextvars.ContextVar("onednn_linears", default=None)
+# set inside a block entered with torch_only (model.cpu_linear torch): generation's oneDNN output
+# layer (engines/cpu_output_layer.py), which applies on every CPU otherwise, stays torch's too
+_TORCH_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("torch_only", default=False)
 
 
 @contextlib.contextmanager
-def onednn_linears(model, enabled: bool = True, pack: bool = False):
+def onednn_linears(model, enabled: bool = True, pack: bool = False, *, torch_only: bool = False):
     """Within the block, `model`'s plain nn.Linear layers compute through oneDNN where
     `linear()` covers the call; `pack`: calls without gradients use weights reordered once
     (rollouts). Each layer holds the block that switched it, so threads that run the model
     (transformers' continuous batching) see it too; blocks nest, each putting back only the
-    layers it switched (those of an outer block keep the outer block's settings)."""
+    layers it switched (those of an outer block keep the outer block's settings).
+    `torch_only` (with enabled False; model.cpu_linear torch): nothing in the block switches
+    kernels, the output layer of generation included (`torch_only_asked`)."""
     if not enabled:
-        yield
+        token = _TORCH_ONLY.set(torch_only)
+        try:
+            yield
+        finally:
+            _TORCH_ONLY.reset(token)
         return
+    if torch_only:
+        raise ValueError("onednn_linears: torch_only asks for torch's kernels, enabled for oneDNN's")
     block = _Block(pack)
     layers = [m for m in model.modules() if type(m) is torch.nn.Linear and "forward" not in vars(m)]
     token = _BLOCK.set(block)
@@ -132,6 +158,11 @@ def onednn_linears(model, enabled: bool = True, pack: bool = False):
         for layer in layers:
             del layer.forward, layer.onednn_block  # back to nn.Linear.forward
         _BLOCK.reset(token)
+
+
+def torch_only_asked() -> bool:
+    """Whether this thread is inside an `onednn_linears(..., torch_only=True)` block."""
+    return _TORCH_ONLY.get()
 
 
 def _switched_forward(self, input: torch.Tensor) -> torch.Tensor:  # nn.Linear.forward's signature

@@ -106,9 +106,9 @@ def evaluate_config(cfg: Config, *, model=None, tokenizer=None, task: Task | Non
         # an FSDP-sharded model (a policy trained under FSDP) is gathered for the evaluation; an
         # in-memory LoRA policy generates with its adapters folded in (merged_lora.py); on a CPU
         # the linears run through oneDNN with packed weights where model.cpu_linear says so
-        onednn = cpu_linear.wanted(next(model.parameters()).device, cfg.model.cpu_linear)
+        onednn = cpu_linear.wanted(next(model.parameters()).device, cfg.model.cpu_linear, "rollout")
         with generation_view(model), merged_lora(model, cfg.rollout.merge_lora, cfg.rollout.engine), \
-                cpu_linear.onednn_linears(model, onednn, pack=True):
+                cpu_linear.onednn_linears(model, onednn, pack=True, torch_only=cfg.model.cpu_linear == "torch"):
             if refine:
                 result = self_refine_evaluate(model, tokenizer, task, problems, **settings)
             else:

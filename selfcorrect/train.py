@@ -163,8 +163,11 @@ class Trainer:
         self.replicated = Replicated(self.model, cfg.distributed.strategy)
         self.share_prompts = shares_prompts(cfg, self.model, self.world)
         # FSDP's sharded parameters keep torch's kernels
-        self.onednn = cpu_linear.wanted(self.device, cfg.model.cpu_linear) and self.replicated.strategy != "fsdp"
-        if self.replicated.strategy == "fsdp":
+        sharded = self.replicated.strategy == "fsdp"
+        self.onednn = cpu_linear.wanted(self.device, cfg.model.cpu_linear) and not sharded  # the update's
+        self.onednn_rollout = cpu_linear.wanted(self.device, cfg.model.cpu_linear, "rollout") and not sharded
+        self.torch_only = cfg.model.cpu_linear == "torch"  # generation's output layer too (cpu_linear.py)
+        if sharded:
             from .fsdp import shard_reference
 
             shard_reference(self.reference, self.compute_dtype)
@@ -366,7 +369,7 @@ class Trainer:
             given = self._base_first_attempts(problems, sampling) if cfg.algo.turn1 == "base" else None
             with self.replicated.generation() as policy, fp32_logits(policy, self.fp32_logits), \
                     merged_lora(policy, cfg.rollout.merge_lora, cfg.rollout.engine), \
-                    cpu_linear.onednn_linears(policy, self.onednn, pack=True):
+                    cpu_linear.onednn_linears(policy, self.onednn_rollout, pack=True, torch_only=self.torch_only):
                 ro = rollout(policy, self.tok, self.task, problems, n_attempts=n_attempts,
                              samples_per_problem=cfg.rollout.samples_per_problem, settings=sampling,
                              batch_size=cfg.rollout.batch_size, fmt=self.fmt, first_attempts=given,
@@ -481,7 +484,8 @@ class Trainer:
         seeds = (None if self.seeding != "problem" else
                  [row_seed(self.cfg.run.seed, text_key(p.id), j, 1 << 20) for p in missing for j in range(k)])
         # every rank enters (an FSDP reference is gathered: a collective), even with nothing to draw
-        with self.reference.active() as base, generation_view(base):
+        with self.reference.active() as base, generation_view(base), \
+                cpu_linear.onednn_linears(base, self.onednn_rollout, pack=True, torch_only=self.torch_only):
             if missing:
                 ro = rollout(base, self.tok, self.task, missing, n_attempts=1, samples_per_problem=k,
                              settings=sampling, batch_size=self.cfg.rollout.batch_size, fmt=self.fmt,

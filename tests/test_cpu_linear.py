@@ -238,6 +238,21 @@ def test_wanted_follows_the_setting_and_the_device():
     assert wanted(cpu, "auto") == (torch.backends.cpu.get_cpu_capability() == "AVX512")
     with pytest.raises(ValueError, match="cpu_linear"):
         wanted(cpu, "mkl")
+    with pytest.raises(ValueError, match="phase"):
+        wanted(cpu, "auto", "backward")
+
+
+@pytest.mark.parametrize("capability, rollout, update", [("AVX512", True, True), ("AVX2", True, False),
+                                                         ("DEFAULT", False, False)])
+def test_auto_picks_each_phase_by_the_cpus_instructions(tmp_path, monkeypatch, capability, rollout, update):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    cpu = torch.device("cpu")
+    assert (wanted(cpu, "auto", "rollout"), wanted(cpu, "auto", "update")) == (rollout, update)
+    assert wanted(cpu, "onednn", "update") and not wanted(cpu, "torch", "rollout")
+    assert cpu_linear.describe(cpu, "auto") == ("onednn" if update else "onednn rollouts, torch update"
+                                                if rollout else "torch")
+    trainer = make_trainer(tiny_config(tmp_path))
+    assert (trainer.onednn_rollout, trainer.onednn) == (rollout, update)
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
@@ -298,3 +313,35 @@ def test_fp32_logits_under_autocast_stay_with_their_own_switch():
                 got = model(input_ids=IDS).logits
     assert want.dtype == got.dtype == torch.float32
     assert torch.allclose(got, want, rtol=1e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("turn1", ["policy", "base"])
+def test_torch_kernels_asked_keep_every_product_of_the_rollout_torchs(tmp_path, monkeypatch, turn1):
+    """model.cpu_linear torch: neither the linears nor the cached engine's output layer (which
+    otherwise switches to oneDNN on any CPU) reach oneDNN, the base model's sampled first
+    attempts included; `auto` does reach it (through one of the two), so the check can fail."""
+    from selfcorrect.engines import cpu_output_layer
+
+    calls = []
+    product = cpu_linear.product
+    record = lambda *a: calls.append(1) or product(*a)  # noqa: E731
+    monkeypatch.setattr(cpu_linear, "product", record)
+    monkeypatch.setattr(cpu_output_layer, "product", record)
+    for mode in ("torch", "auto"):
+        cfg = tiny_config(tmp_path / mode, stage1_steps=1, stage2_steps=0, turn1=turn1)
+        cfg.model.cpu_linear = mode
+        cfg.rollout.engine = "cached"
+        trainer = make_trainer(cfg)
+        calls.clear()
+        trainer.draw(trainer.next_problems(), 2)
+        assert bool(calls) == (mode == "auto"), mode
+
+
+def test_torch_only_is_a_block_without_onednn():
+    model = layers()
+    assert not cpu_linear.torch_only_asked()
+    with onednn_linears(model, False, torch_only=True):
+        assert cpu_linear.torch_only_asked() and not patched(model)
+    assert not cpu_linear.torch_only_asked()
+    with pytest.raises(ValueError, match="torch_only"), onednn_linears(model, True, torch_only=True):
+        pass

@@ -9,7 +9,9 @@ so only the output layer is switched, only while generating without gradients or
 only where it is a plain fp32 nn.Linear on a CPU; the model's own code around it (logit scaling,
 soft-capping) still runs. The logits differ from MKL's in the last bits, like any change of
 kernel. Inside a cpu_linear.onednn_linears block (the trainer's rollouts, evaluation) the output
-layer is already that block's, with its weight packed, and this switch leaves it alone.
+layer is already that block's, with its weight packed, and this switch leaves it alone. Inside
+a block entered with torch_only (model.cpu_linear torch: torch's kernels everywhere, e.g. to
+repeat runs made before oneDNN) nothing switches.
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ import contextlib
 
 import torch
 
-from ..cpu_linear import inner_product_available, product
+from ..cpu_linear import inner_product_available, product, torch_only_asked
 
 
 @contextlib.contextmanager
 def onednn_output_layer(model):
     """Within the block, the model's output layer computes through oneDNN where eligible."""
-    head = _eligible_head(model)
+    head = None if torch_only_asked() else _eligible_head(model)
     if head is None:
         yield
         return

@@ -60,6 +60,8 @@ class SftRun:
         match_lora_base_precision(model, self.compute_dtype, cfg.rollout.engine)  # as SCoRe's trainer
         self.fp32_logits = cfg.model.fp32_logits and self.compute_dtype is not None  # as SCoRe's trainer
         self.onednn = cpu_linear.wanted(self.device, cfg.model.cpu_linear)  # as SCoRe's trainer
+        self.onednn_rollout = cpu_linear.wanted(self.device, cfg.model.cpu_linear, "rollout")
+        self.torch_only = cfg.model.cpu_linear == "torch"
         self.fmt = ChatFormat(tokenizer, model)
         self.engine = make_engine(cfg.rollout.engine, model)  # what the RL methods sample with
         if cfg.optim.gradient_checkpointing:
@@ -79,7 +81,7 @@ class SftRun:
         self.model.eval()
         with torch.no_grad(), autocast(self.device, self.compute_dtype), fp32_logits(self.model, self.fp32_logits), \
                 merged_lora(self.model, cfg.rollout.merge_lora, cfg.rollout.engine), \
-                cpu_linear.onednn_linears(self.model, self.onednn, pack=True):
+                cpu_linear.onednn_linears(self.model, self.onednn_rollout, pack=True, torch_only=self.torch_only):
             ro = rollout(self.model, self.tok, self.task, problems, n_attempts=2,
                          samples_per_problem=cfg.rollout.samples_per_problem, settings=settings,
                          batch_size=cfg.rollout.batch_size, fmt=self.fmt, engine=self.engine)
