@@ -14,26 +14,31 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import time
 from pathlib import Path
 
 import torch
 
 
-class ParityRewardArithmetic:
-    """The arithmetic task's problems and prompts with a synthetic verifier (reward = parity of the
-    response's length): a random model is never right, and an all-zero reward would leave the
-    weights untouched, which would hide a broken backward pass."""
+class CoinRewardArithmetic:
+    """The arithmetic task's problems and prompts with a synthetic verifier: each response's reward
+    is a seeded coin flip. A random model is never right, and an all-zero reward would leave the
+    weights untouched, which would hide a broken backward pass. The reward cannot read the text:
+    a random model with Qwen2's 151,936 outputs and the character tokenizer's 105 tokens writes
+    mostly ids that decode to nothing, so any function of the text is nearly constant."""
 
-    def __init__(self, task):
+    def __init__(self, task, seed: int = 0):
         self.task = task
         self.name, self.correction_instruction = task.name, task.correction_instruction
         self.load, self.first_turn, self.close = task.load, task.first_turn, task.close
+        self.coins = random.Random(seed)
 
     def score(self, problems, responses):
         from selfcorrect.tasks.base import CORRECT, WRONG_ANSWER, Verdict
 
-        return [Verdict(float(len(r) % 2), r, CORRECT if len(r) % 2 else WRONG_ANSWER) for r in responses]
+        flips = [self.coins.random() < 0.5 for _ in responses]
+        return [Verdict(float(win), r, CORRECT if win else WRONG_ANSWER) for win, r in zip(flips, responses)]
 
 
 def run_variant(model_dir: Path, out: Path, lora: bool, steps: int, problems: int, k: int, tokens: int,
@@ -63,7 +68,7 @@ def run_variant(model_dir: Path, out: Path, lora: bool, steps: int, problems: in
     cfg.algo.stage1_steps = cfg.algo.stage2_steps = steps
     cfg.optim.problems_per_step, cfg.optim.micro_batch_size, cfg.optim.lr = problems, 32, 1e-5
     cfg.run.output_dir, cfg.run.progress, cfg.run.save_every = str(out / ("lora" if lora else "full")), False, 1000
-    task = ParityRewardArithmetic(build_task(cfg.task.name, cfg.task.options))
+    task = CoinRewardArithmetic(build_task(cfg.task.name, cfg.task.options))
     before = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()

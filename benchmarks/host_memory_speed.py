@@ -4,8 +4,8 @@ glibc's default, side by side in one run.
     OMP_NUM_THREADS=2 python benchmarks/host_memory_speed.py             # SmolLM2, the vs_trl settings
     python benchmarks/host_memory_speed.py --rounds 3 --model tiny
 
-The setting is process-wide and cannot be undone (selfcorrect/host_memory.py), so each way runs
-in processes of its own: `update_speed.py --ways shared` with SELFCORRECT_KEEP_FREED_MEMORY=1,
+The heap the setting leaves behind cannot be undone (selfcorrect/host_memory.py), so each way
+runs in processes of its own: `update_speed.py --ways shared` with SELFCORRECT_KEEP_FREED_MEMORY=1,
 then =0, alternating for --rounds rounds (one process at a time). Each process draws the same
 seeded rollout and times --repeats updates after a warm-up; a way's time is the median of all
 its timed updates. Extra arguments go to update_speed.py (its --model, --problems, ...).

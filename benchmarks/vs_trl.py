@@ -55,8 +55,9 @@ Settings made equal on purpose (TRL's defaults differ; checked against trl 1.16)
   weights packed for its generation), so on AVX-512 the ratio then measures everything but the
   kernel. AVX2 kernels on an AVX-512 CPU, the way this project measures them:
   `MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2` before the command.
-- host memory: on a CPU our Trainer sets glibc's malloc to keep freed memory
-  (selfcorrect/host_memory.py); the setting is process-wide, so TRL's steps here run with it too.
+- host memory: on a CPU our update runs with glibc's malloc keeping freed memory
+  (selfcorrect/host_memory.py) and our rollout without; TRL's step gets the same (kept from
+  its step's start to its end, except while it generates).
 
 Lengths: at T = 1 an attempt ends where the model samples its end of turn, so each side's step
 time depends on how long its samples happen to run (on one day 29 tokens per attempt ours, 15
@@ -94,6 +95,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # rollout_speed's mode
 from rollout_speed import save_tiny  # noqa: E402
 
 from selfcorrect import cpu_linear, models  # noqa: E402
+from selfcorrect.host_memory import keep_freed_memory  # noqa: E402
 from selfcorrect.config import load_yaml  # noqa: E402
 from selfcorrect.engines import ENGINES  # noqa: E402
 from selfcorrect.tasks import build_task  # noqa: E402
@@ -234,11 +236,15 @@ def interleaving_callback(ours_timed, device: str, steps: int):
         def on_step_begin(self, args, state, control, **kwargs):
             torch.manual_seed(TRL_SEED + state.global_step)  # TRL's samples do not depend on ours
             sync(device)
+            if device == "cpu":  # as our update has it (time_trl_generation lifts it while TRL samples)
+                keep_freed_memory(True)
             self._start = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
             sync(device)
             self.seconds.append(time.perf_counter() - self._start)
+            if device == "cpu":
+                keep_freed_memory(False)
             if state.global_step <= steps:
                 ours_timed()
 
@@ -254,10 +260,14 @@ def time_trl_generation(trainer, device: str, seconds: list[float]) -> None:
 
     def timed(*args, **kwargs):
         sync(device)
+        if device == "cpu":  # as our rollout runs
+            keep_freed_memory(False)
         start = time.perf_counter()
         out = inner(*args, **kwargs)
         sync(device)
         seconds.append(time.perf_counter() - start)
+        if device == "cpu":
+            keep_freed_memory(True)
         return out
 
     trainer._generate_single_turn = timed

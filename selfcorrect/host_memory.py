@@ -1,38 +1,73 @@
-"""Keep freed host memory for reuse: training on a CPU without the kernel's page faults.
+"""Keep freed host memory for reuse during the update: training on a CPU without the kernel's page faults.
 
-A CPU training step allocates and frees the same large buffers every time (activations,
-gradients, the output layer's logits). glibc's malloc serves a large allocation with fresh
-pages from the kernel (mmap) and hands big frees back (munmap, or trimming its heap), so every
-step the kernel zeroes those pages again and faults them in one by one on first touch. Told to
-serve everything from its heap and never trim it, malloc reuses the memory instead: a SmolLM2
-update on 2 cores ran 1.04x faster in benchmarks/host_memory_speed.py (7-9% in two earlier A/B
-runs; docs/PERFORMANCE.md). The price: the process keeps its peak memory until it exits, which a
-training process reaches every step anyway. Only a CPU-resident model sets it (a GPU run's host
-memory is mostly the load, which should go back).
+A CPU update allocates and frees the same large buffers every step (activations, gradients, the
+output layer's logits). glibc's malloc serves a large allocation with fresh pages from the
+kernel (mmap) and hands big frees back (munmap, or trimming its heap), so every step the kernel
+zeroes those pages again and faults them in one by one on first touch. Told to serve everything
+from its heap and never trim it, malloc reuses the memory instead: a SmolLM2 update on 2 cores
+ran 1.04x (2026-12-05) and 1.09x (2026-12-07) faster in benchmarks/host_memory_speed.py
+(docs/PERFORMANCE.md). The price: the heap keeps the update's peak until the process exits.
+
+Only the update runs that way (`freed_memory_kept`, entered by Trainer._accumulate_gradients).
+Outside it large blocks are mmapped again: blocks of other, larger sizes (a rollout, an
+evaluation with more rows than training's) served from a heap that never gives memory back
+extend it for good. Two evaluations of a 0.5B-parameter LoRA model after training took the
+process from 4.0 to 13.5 GB that way, where glibc's default stayed at 3.4 (their large blocks
+were head_input.py's copies, since fixed; docs/PERFORMANCE.md). Trimming stays off once an
+update has run, so the kept memory is there for the next one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
+from typing import Iterator
 
 ENV = "SELFCORRECT_KEEP_FREED_MEMORY"  # "0" turns it off
 # mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
+DEFAULT_MMAP_MAX = 65536  # glibc's DEFAULT_MMAP_MAX: mmapped blocks allowed at once
+# where glibc's own sliding threshold ends up once large blocks have been freed (its cap on
+# 64-bit): blocks under it come from the heap, larger ones are mmapped
+MMAP_THRESHOLD_OFF = 32 << 20
 
 
-def keep_freed_memory() -> bool:
-    """Set glibc's malloc to keep freed memory (no mmap for large blocks, no trimming) for the
-    rest of the process. Returns whether it applied: Linux with glibc, and not turned off with
-    SELFCORRECT_KEEP_FREED_MEMORY=0. Elsewhere (macOS, musl) it does nothing."""
+def _mallopt():
+    """glibc's mallopt, or None (turned off with SELFCORRECT_KEEP_FREED_MEMORY=0, not Linux, not glibc)."""
     if os.environ.get(ENV, "1") == "0" or not sys.platform.startswith("linux"):
-        return False
+        return None
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # not glibc
-        return False
+    except (OSError, AttributeError):  # not glibc (musl)
+        return None
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return mallopt
+
+
+def keep_freed_memory(on: bool) -> bool:
+    """on: serve every block from malloc's heap and never trim it; off: blocks of 32 MB or more
+    mmapped again (setting any of these stops glibc's sliding threshold: this is where it would
+    sit), trimming still off. Returns whether glibc took it."""
+    mallopt = _mallopt()
+    if mallopt is None:
+        return False
+    if not on:
+        return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_OFF)) and bool(mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX))
     # the man page's values: 0 mmaps disables them, a trim threshold of -1 disables trimming
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, -1))
+
+
+@contextlib.contextmanager
+def freed_memory_kept(enabled: bool = True) -> Iterator[bool]:
+    """Inside: freed memory kept for reuse (keep_freed_memory(True)); after: large blocks
+    mmapped again. Yields whether it applied; `enabled` False (a model off the CPU) does nothing."""
+    applied = enabled and keep_freed_memory(True)
+    try:
+        yield applied
+    finally:
+        if applied:
+            keep_freed_memory(False)

@@ -17,9 +17,10 @@ from typing import Sequence
 import torch
 
 from .batches import pad_rows
-from .engines.base import Engine, SamplingSettings
+from .engines.base import Engine, Generated, SamplingSettings
 from .engines import make_engine
 from .engines.hf import HFGenerate
+from .head_input import contiguous_head_input
 from .tasks.base import Problem, Task, Verdict
 
 _SENTINEL = "\u2063SELFCORRECT_SENTINEL\u2063"
@@ -180,9 +181,16 @@ def generate(model, contexts: list[list[int]], settings: SamplingSettings, *, st
              batch_size: int, row_seeds: list[int] | None = None,
              engine: Engine | None = None) -> tuple[list[list[int]], list[bool]]:
     """Continue each context with `engine` (default: Hugging Face generate); (new ids, cut) per row."""
-    out = (engine or HFGenerate()).generate(model, contexts, settings, stop_ids=stop_ids, pad_id=pad_id,
-                                            batch_size=batch_size, row_seeds=row_seeds)
+    out = run_engine(engine or HFGenerate(), model, contexts, settings, stop_ids=stop_ids, pad_id=pad_id,
+                     batch_size=batch_size, row_seeds=row_seeds)
     return out.ids, out.cut
+
+
+def run_engine(engine: Engine, model, contexts, settings: SamplingSettings, **kwargs) -> Generated:
+    """engine.generate(model, contexts, settings, **kwargs) with the output layer handed
+    contiguous hidden states (head_input.py: a sliced prefill costs a copy of its weights per row)."""
+    with contiguous_head_input(model):
+        return engine.generate(model, contexts, settings, **kwargs)
 
 
 def check_context_fits(model, problems: list[Problem], contexts: list[list[int]], n_attempts: int,
@@ -253,8 +261,8 @@ def _add_attempt(out: Rollout, attempt: int, model, engine: Engine, fmt: ChatFor
                for ids in new_ids]
     else:
         seeds = None if row_seeds is None else [row_seed(s, attempt) for s in row_seeds]
-        gen = engine.generate(model, out.rows, settings, stop_ids=fmt.stop_ids, pad_id=pad_id,
-                              batch_size=batch_size, row_seeds=seeds)
+        gen = run_engine(engine, model, out.rows, settings, stop_ids=fmt.stop_ids, pad_id=pad_id,
+                         batch_size=batch_size, row_seeds=seeds)
         new_ids, cut, logprobs = gen.ids, gen.cut, gen.logprobs
     for b, ids in enumerate(new_ids):
         out.rows[b] += ids

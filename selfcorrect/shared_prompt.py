@@ -19,6 +19,7 @@ import torch
 
 from .batches import gathered_logprobs, pad_rows, scatter_rows
 from .engines.cached import cache_kwarg
+from .head_input import contiguous_head_input
 from .losses import selective_log_softmax
 
 
@@ -69,8 +70,9 @@ def shared_prompt_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, starts:
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
     cache, kwarg = DynamicCache(), cache_kwarg(model)
-    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
-                logits_to_keep=1, **{kwarg: cache})
+    with contiguous_head_input(model):  # the last position of each prompt: a strided slice
+        out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
+                    logits_to_keep=1, **{kwarg: cache})
     rows = torch.tensor(member, device=device)
     cache.batch_select_indices(rows)  # indexing: each prompt's keys/values reach its rows with gradient
     # row j's first token after its prompt, predicted by the prompt's last position: [b]

@@ -44,7 +44,7 @@ from .merged_lora import merged_lora
 from .parallel import Replicated, generation_view
 from .progress import progress
 from .engines import SEEDED, UNSEEDED, make_engine
-from .host_memory import keep_freed_memory
+from .host_memory import freed_memory_kept
 from .rollout import ChatFormat, SamplingSettings, rollout, verify
 from .sampling import row_seed, text_key
 from .shared_prompt import first_scored, shared_prompt_logprobs
@@ -134,8 +134,6 @@ class Trainer:
             model, tokenizer = models.load(cfg.model, training=True, progress=cfg.run.progress)
         self.model, self.tok = self._match_lora(model), tokenizer
         self.device = next(self.model.parameters()).device
-        if self.device.type == "cpu":  # after loading: the load's own garbage still goes back to the kernel
-            keep_freed_memory()
         from peft import PeftModel
 
         # derived from the model itself: a caller may pass a peft model built elsewhere. Made
@@ -412,31 +410,41 @@ class Trainer:
         # must match): ranks with fewer micro-batches add zero-weight dummy ones
         n_passes = int(distributed.all_reduce_max(len(chunks)))
         total, parts = 0.0, []
-        for i in range(n_passes):
-            with self.replicated.accumulate(sync=i == n_passes - 1):
-                if i >= len(chunks):
-                    self._dummy_pass()
-                    continue
-                rows = chunks[i]
-                ids, mask, starts, first, label_turns = self.scoring_inputs(ro, rows)
-                scored = label_turns > 0  # only attempt tokens get logits: the loss reads no others
-                with torch.inference_mode(), self.reference.active() as ref_model:
-                    ref_logp = self.logprobs(ref_model, ids, mask, first, starts, scored=scored)
-                ref_logp = ref_logp.clone()  # an inference tensor cannot enter the autograd graph
-                logp = self.logprobs(self.replicated.train_model, ids, mask, first, starts, scored=scored)
-                tok_adv, pg_mask = losses.token_advantages(adv[rows].to(self.device), valid[rows].to(self.device),
-                                                           label_turns)
-                kl_coef = losses.turn_kl_coefficients(label_turns, stage, cfg.algo.beta1, cfg.algo.beta2)
-                loss, stats = losses.policy_loss(logp, ref_logp, tok_adv, pg_mask, kl_coef, label_turns,
-                                                 estimator=cfg.algo.kl_estimator, reduction=cfg.algo.reduction,
-                                                 denominator=max(denominator, 1.0))
-                self._backward(loss * self.replicated.grad_scale if self.world > 1 else loss)
-                total += float(loss.detach())
-                parts.append({**stats, **engine_gap(logp.detach(), ro.engine_logprobs(rows, ids.shape[1])[:, first:])})
+        # freed memory kept in malloc's heap for the update only (host_memory.py: outside it, work
+        # of other shapes would fragment a heap that never shrinks)
+        with freed_memory_kept(self.device.type == "cpu"):
+            for i in range(n_passes):
+                with self.replicated.accumulate(sync=i == n_passes - 1):
+                    if i >= len(chunks):
+                        self._dummy_pass()
+                        continue
+                    loss_value, part = self._micro_batch(ro, chunks[i], adv, valid, stage, denominator)
+                    total += loss_value
+                    parts.append(part)
         if self.world > 1:  # the step's statistics are sums: add every rank's micro-batches
             parts = [part for rank_parts in distributed.gather_objects(parts) for part in rank_parts]
             total = distributed.all_reduce_sums({"loss": total})["loss"]
         return total, losses.combine_stats(parts)
+
+    def _micro_batch(self, ro, rows, adv, valid, stage, denominator: float) -> tuple[float, dict]:
+        """Reference and policy log-probs of `rows`, their loss over the step's global
+        `denominator`, and its backward; returns the loss value and the micro-batch's stats."""
+        cfg = self.cfg
+        ids, mask, starts, first, label_turns = self.scoring_inputs(ro, rows)
+        scored = label_turns > 0  # only attempt tokens get logits: the loss reads no others
+        with torch.inference_mode(), self.reference.active() as ref_model:
+            ref_logp = self.logprobs(ref_model, ids, mask, first, starts, scored=scored)
+        ref_logp = ref_logp.clone()  # an inference tensor cannot enter the autograd graph
+        logp = self.logprobs(self.replicated.train_model, ids, mask, first, starts, scored=scored)
+        tok_adv, pg_mask = losses.token_advantages(adv[rows].to(self.device), valid[rows].to(self.device),
+                                                   label_turns)
+        kl_coef = losses.turn_kl_coefficients(label_turns, stage, cfg.algo.beta1, cfg.algo.beta2)
+        loss, stats = losses.policy_loss(logp, ref_logp, tok_adv, pg_mask, kl_coef, label_turns,
+                                         estimator=cfg.algo.kl_estimator, reduction=cfg.algo.reduction,
+                                         denominator=max(denominator, 1.0))
+        self._backward(loss * self.replicated.grad_scale if self.world > 1 else loss)
+        gap = engine_gap(logp.detach(), ro.engine_logprobs(rows, ids.shape[1])[:, first:])
+        return float(loss.detach()), {**stats, **gap}
 
     def scoring_inputs(self, ro, rows) -> tuple:
         """What a log-prob pass over `rows` of rollout `ro` reads: ids, mask [b, T]; starts [b]

