@@ -53,8 +53,8 @@ def main() -> None:
     if args.lora:
         move_adapters(trainer.model, 0.02)  # off B = 0, where the adapters' products are trivial
     problems = trainer.next_problems()
-    capability = torch.backends.cpu.get_cpu_capability()
-    print(f"model {args.model}, {'LoRA' if args.lora else 'full weights'}, {args.dtype}, cpu ({capability}; "
+    capability, cpu = torch.backends.cpu.get_cpu_capability(), cpu_linear.cpu_model()
+    print(f"model {args.model}, {'LoRA' if args.lora else 'full weights'}, {args.dtype}, cpu {cpu} ({capability}; "
           f"auto picks {cpu_linear.describe(torch.device('cpu'), 'auto')}), "
           f"{len(problems)} problems x {args.samples} samples x 2 attempts of {args.max_new_tokens} tokens, "
           f"torch threads {torch.get_num_threads()}", flush=True)
@@ -80,7 +80,7 @@ def main() -> None:
                "scored_tokens": int(diff.numel()), "cpu_capability": capability,
                "settings": {"model": args.model, "lora": args.lora, "dtype": args.dtype, "problems": args.problems,
                             "samples": args.samples, "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
-                            "threads": torch.get_num_threads()}}
+                            "threads": torch.get_num_threads(), "cpu": cpu}}
     print(f"rollout: torch {result['torch_rollout_seconds']:.2f} s, oneDNN {result['onednn_rollout_seconds']:.2f} s "
           f"({result['rollout_speedup']:.2f}x); update: {result['torch_update_seconds']:.2f} s against "
           f"{result['onednn_update_seconds']:.2f} s ({result['update_speedup']:.2f}x); log-prob difference "

@@ -333,8 +333,9 @@ def main() -> None:
     name = models.SMOLLM2_NAME if args.model == "smollm2" else save_tiny(work / "tiny-model")
     cfg = our_config(args, name, work / "ours")
     task = build_task(cfg.task.name, cfg.task.options)
+    cpu = cpu_linear.cpu_model()
     print(f"model {args.model}, {'LoRA' if args.lora else 'full weights'}, {args.dtype}, {args.device}, "
-          f"{args.problems} problems x {args.samples} samples, <= {args.max_new_tokens} new tokens, "
+          f"cpu {cpu}, {args.problems} problems x {args.samples} samples, <= {args.max_new_tokens} new tokens, "
           f"T={args.temperature}{', fixed lengths' if args.fixed_length else ', natural lengths'}, our engine {args.engine}, "
           f"trl {trl.__version__}, torch {torch.__version__}, "
           f"torch threads {torch.get_num_threads()}", flush=True)
@@ -390,7 +391,7 @@ def main() -> None:
                           "steps": args.steps, "fixed_length": args.fixed_length,
                           "micro_batch": cfg.optim.micro_batch_size,
                           "share_prompt": ours.share_prompts, "beta": cfg.algo.beta1,
-                          "threads": torch.get_num_threads(), "trl": trl.__version__,
+                          "threads": torch.get_num_threads(), "cpu": cpu, "trl": trl.__version__,
                           "ours_cpu_linear": cpu_linear.describe(ours.device, cfg.model.cpu_linear),
                           "trl_cpu_linear": "onednn" if on_our_kernels else "torch",
                           "trl_effective": trl_effective(theirs)}

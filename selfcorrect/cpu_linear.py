@@ -6,8 +6,9 @@ project measured (2026-12-07, 2 threads, SmolLM2's layer shapes), oneDNN's inner
 same fp32 products 1.6-2.3x faster: the forward at 1,600 rows 1.65 s -> 1.00 s for the 210
 layer products, the input gradient 1.60 -> 0.93 s, the weight gradient 1.57 -> 1.03 s, and a
 16-row decode step's products 41 -> 24 ms (docs/PERFORMANCE.md). On the AVX2 EPYCs of earlier
-sessions oneDNN was no faster than MKL in the update, so `auto` uses it only where torch
-reports AVX-512 (`torch.backends.cpu.get_cpu_capability()`). bf16 products already run
+sessions oneDNN was no faster than MKL in the update, so `auto` uses it for the update only
+where torch reports AVX-512 (on a second AVX-512 EPYC, family 25 model 17, the update gained
+1.01x and a rollout 1.40x: harmless, so no finer rule) (`torch.backends.cpu.get_cpu_capability()`). bf16 products already run
 through oneDNN (MKL has none), so under bf16 autocast nothing changes in a forward with
 gradients.
 
@@ -74,6 +75,29 @@ def describe(device: torch.device, mode: str) -> str:
     "onednn rollouts, torch update"."""
     rollout, update = wanted(device, mode, "rollout"), wanted(device, mode)
     return "onednn" if update else "onednn rollouts, torch update" if rollout else "torch"
+
+
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's name with its family and model numbers, e.g. "AMD EPYC (family 25, model 17)",
+    for benchmarks' records: CPUs of one name and instruction set differ in what these kernels
+    gain (an EPYC with AVX-512 whose update ran 1.66x faster through oneDNN, another, family 25
+    model 17, 1.01x: docs/PERFORMANCE.md). Where /proc/cpuinfo is missing: platform.processor()."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        import platform
+        return platform.processor() or "unknown"
+    fields = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the first processor's block describes them all
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name", "unknown")
+    if "cpu family" in fields and "model" in fields:
+        return f"{name} (family {fields['cpu family']}, model {fields['model']})"
+    return name
 
 
 def inner_product_available() -> bool:

@@ -138,6 +138,7 @@ def test_vs_trl_tiny(fixed):
     assert all(0 < n <= 4 for n in result["ours_tokens_per_attempt_by_turn"])
     assert result["settings"]["fixed_length"] is fixed  # fixed lengths are the default
     assert result["settings"]["trl_effective"]["optim"] == "adamw_torch_fused"
+    assert result["settings"]["cpu"]  # the CPU named: ratios differ between CPU kinds of one name
     if fixed:
         assert result["ours_tokens_per_attempt_by_turn"] == [4, 4] and result["trl_gen_tokens_per_attempt"] == 4
 
@@ -207,6 +208,7 @@ def test_cpu_linear_speed_tiny():
         assert positive(result[key]), key
     assert 0 <= result["logprob_difference"]["rms"] < 1e-4  # fp32 both ways: rounding apart
     assert 0 <= result["engine_gap_mean"]["onednn"] < 1e-5 and result["scored_tokens"] == 2 * 2 * 2 * 4
+    assert result["settings"]["cpu"] == cpu_linear.cpu_model()
 
 
 def test_logprob_precision_tiny():

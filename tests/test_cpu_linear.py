@@ -345,3 +345,13 @@ def test_torch_only_is_a_block_without_onednn():
     assert not cpu_linear.torch_only_asked()
     with pytest.raises(ValueError, match="torch_only"), onednn_linears(model, True, torch_only=True):
         pass
+
+
+def test_cpu_model_reads_the_first_processor(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+                    "model name\t: AMD EPYC\n\nprocessor\t: 1\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: Other\n")
+    assert cpu_linear.cpu_model(str(info)) == "AMD EPYC (family 25, model 17)"
+    info.write_text("processor\t: 0\nmodel name\t: Some ARM core\n")  # no family numbers: the name alone
+    assert cpu_linear.cpu_model(str(info)) == "Some ARM core"
+    assert cpu_linear.cpu_model(str(tmp_path / "absent")) != ""  # platform.processor() or "unknown"
