@@ -14,7 +14,8 @@ evaluation with more rows than training's) served from a heap that never gives m
 extend it for good. Two evaluations of a 0.5B-parameter LoRA model after training took the
 process from 4.0 to 13.5 GB that way, where glibc's default stayed at 3.4 (their large blocks
 were head_input.py's copies, since fixed; docs/PERFORMANCE.md). Trimming stays off once an
-update has run, so the kept memory is there for the next one.
+update has run, so the kept memory is there for the next one; a finished training hands it back
+(`release_freed_memory`, called at the end of Trainer.train).
 """
 
 from __future__ import annotations
@@ -36,23 +37,24 @@ DEFAULT_MMAP_MAX = 65536  # glibc's DEFAULT_MMAP_MAX: mmapped blocks allowed at 
 MMAP_THRESHOLD_OFF = 32 << 20
 
 
-def _mallopt():
-    """glibc's mallopt, or None (turned off with SELFCORRECT_KEEP_FREED_MEMORY=0, not Linux, not glibc)."""
+def _glibc(function: str):
+    """glibc's `function` (taking and returning ints), or None (turned off with
+    SELFCORRECT_KEEP_FREED_MEMORY=0, not Linux, not glibc)."""
     if os.environ.get(ENV, "1") == "0" or not sys.platform.startswith("linux"):
         return None
     try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
+        found = getattr(ctypes.CDLL("libc.so.6"), function)
     except (OSError, AttributeError):  # not glibc (musl)
         return None
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return mallopt
+    found.argtypes, found.restype = [ctypes.c_int] * (2 if function == "mallopt" else 1), ctypes.c_int
+    return found
 
 
 def keep_freed_memory(on: bool) -> bool:
     """on: serve every block from malloc's heap and never trim it; off: blocks of 32 MB or more
     mmapped again (setting any of these stops glibc's sliding threshold: this is where it would
     sit), trimming still off. Returns whether glibc took it."""
-    mallopt = _mallopt()
+    mallopt = _glibc("mallopt")
     if mallopt is None:
         return False
     if not on:
@@ -71,3 +73,14 @@ def freed_memory_kept(enabled: bool = True) -> Iterator[bool]:
     finally:
         if applied:
             keep_freed_memory(False)
+
+
+def release_freed_memory() -> bool:
+    """Hand the heap's free pages back to the kernel (glibc's malloc_trim(0)), for the end of a
+    training on a CPU: the update's kept memory would otherwise stay resident through whatever
+    the process does next (an evaluation, `compare`'s next method). Returns whether it ran."""
+    trim = _glibc("malloc_trim")
+    if trim is None:
+        return False
+    trim(0)  # its result says only whether anything went back
+    return True

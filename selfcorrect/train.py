@@ -44,7 +44,7 @@ from .merged_lora import merged_lora
 from .parallel import Replicated, generation_view
 from .progress import progress
 from .engines import SEEDED, UNSEEDED, make_engine
-from .host_memory import freed_memory_kept
+from .host_memory import freed_memory_kept, release_freed_memory
 from .rollout import ChatFormat, SamplingSettings, rollout, verify
 from .sampling import row_seed, text_key
 from .shared_prompt import first_scored, shared_prompt_logprobs
@@ -225,6 +225,8 @@ class Trainer:
             self.save_final(self.run_dir / "final")
         finally:
             self.unlock()
+            if self.device.type == "cpu":  # what the updates kept goes back for what runs next
+                release_freed_memory()
         return self.history
 
     def _train(self, signals: StopSignals) -> None:

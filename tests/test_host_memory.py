@@ -108,3 +108,58 @@ def test_trainer_keeps_freed_memory_for_the_update_only(tmp_path, monkeypatch):
     assert seen["draw"] == [False, False]
     assert seen["micro_batch"] and all(seen["micro_batch"])
     assert state["on"] is False
+
+
+RELEASE_PROBE = r"""
+import ctypes, json
+from selfcorrect.host_memory import freed_memory_kept, release_freed_memory
+
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+SIZE = 256 << 20
+
+def resident():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096  # pages of 4 KiB
+
+with freed_memory_kept():
+    block = libc.malloc(SIZE)
+    ctypes.memset(block, 1, SIZE)
+    libc.free(block)
+kept = resident()
+released = release_freed_memory()
+print(json.dumps({"kept": kept, "after": resident(), "released": released}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not _glibc_with_mallinfo2(),
+                    reason="needs glibc >= 2.33")
+@pytest.mark.parametrize("env_value", ["1", "0"])
+def test_release_hands_the_kept_memory_back(env_value):
+    out = subprocess.run([sys.executable, "-c", RELEASE_PROBE], env={**os.environ, ENV: env_value},
+                         capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if env_value == "0":  # glibc's default: the block was mmapped and went back at its free
+        assert result["released"] is False and result["kept"] < 128 << 20
+    else:
+        assert result["released"] is True
+        assert result["kept"] - result["after"] >= 200 << 20
+
+
+def test_trainer_releases_freed_memory_when_training_ends(tmp_path, monkeypatch):
+    from test_train import make_trainer, tiny_config
+    import selfcorrect.train as train_module
+
+    calls = []
+    monkeypatch.setattr(train_module, "release_freed_memory", lambda: calls.append(True) or True)
+    trainer = make_trainer(tiny_config(tmp_path, stage1_steps=1, stage2_steps=1))
+    micro_batch = trainer._micro_batch
+
+    def watched(*args, **kwargs):
+        assert not calls  # not before the last update
+        return micro_batch(*args, **kwargs)
+
+    trainer._micro_batch = watched
+    trainer.train()
+    assert calls == [True]
