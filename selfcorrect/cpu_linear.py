@@ -7,10 +7,10 @@ same fp32 products 1.6-2.3x faster: the forward at 1,600 rows 1.65 s -> 1.00 s f
 layer products, the input gradient 1.60 -> 0.93 s, the weight gradient 1.57 -> 1.03 s, and a
 16-row decode step's products 41 -> 24 ms (docs/PERFORMANCE.md). On the AVX2 EPYCs of earlier
 sessions oneDNN was no faster than MKL in the update, so `auto` uses it for the update only
-where torch reports AVX-512 (on a second AVX-512 EPYC, family 25 model 17, the update gained
-1.01x and a rollout 1.40x: harmless, so no finer rule) (`torch.backends.cpu.get_cpu_capability()`). bf16 products already run
-through oneDNN (MKL has none), so under bf16 autocast nothing changes in a forward with
-gradients.
+where torch reports AVX-512 (`torch.backends.cpu.get_cpu_capability()`). On a second AVX-512
+EPYC (family 25, model 17) the update gained 1.01x and a rollout 1.40x: harmless, so no finer
+rule. bf16 products already run through oneDNN (MKL has none), so under bf16 autocast nothing
+changes in a forward with gradients.
 
 A rollout multiplies the same weights at every decode step; oneDNN's kernels want them in a
 blocked layout, and a plain weight is reordered inside every call. `pack=True` blocks (the
@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import platform
 import types
 from dataclasses import dataclass, field
 
@@ -86,7 +87,6 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
         with open(cpuinfo, encoding="utf-8", errors="replace") as f:
             text = f.read()
     except OSError:
-        import platform
         return platform.processor() or "unknown"
     fields = {}
     for line in text.splitlines():

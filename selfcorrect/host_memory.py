@@ -6,7 +6,7 @@ kernel (mmap) and hands big frees back (munmap, or trimming its heap), so every 
 zeroes those pages again and faults them in one by one on first touch. Told to serve everything
 from its heap and never trim it, malloc reuses the memory instead: a SmolLM2 update on 2 cores
 ran 1.04x (2026-12-05) and 1.09x (2026-12-07) faster in benchmarks/host_memory_speed.py
-(docs/PERFORMANCE.md). The price: the heap keeps the update's peak until the process exits.
+(docs/PERFORMANCE.md). The price: the heap keeps the update's peak until the training ends.
 
 Only the update runs that way (`freed_memory_kept`, entered by Trainer._accumulate_gradients).
 Outside it large blocks are mmapped again: blocks of other, larger sizes (a rollout, an
@@ -37,8 +37,8 @@ DEFAULT_MMAP_MAX = 65536  # glibc's DEFAULT_MMAP_MAX: mmapped blocks allowed at 
 MMAP_THRESHOLD_OFF = 32 << 20
 
 
-def _glibc(function: str):
-    """glibc's `function` (taking and returning ints), or None (turned off with
+def _glibc(function: str, n_args: int):
+    """glibc's `function`, taking `n_args` ints and returning one, or None (turned off with
     SELFCORRECT_KEEP_FREED_MEMORY=0, not Linux, not glibc)."""
     if os.environ.get(ENV, "1") == "0" or not sys.platform.startswith("linux"):
         return None
@@ -46,7 +46,7 @@ def _glibc(function: str):
         found = getattr(ctypes.CDLL("libc.so.6"), function)
     except (OSError, AttributeError):  # not glibc (musl)
         return None
-    found.argtypes, found.restype = [ctypes.c_int] * (2 if function == "mallopt" else 1), ctypes.c_int
+    found.argtypes, found.restype = [ctypes.c_int] * n_args, ctypes.c_int
     return found
 
 
@@ -54,7 +54,7 @@ def keep_freed_memory(on: bool) -> bool:
     """on: serve every block from malloc's heap and never trim it; off: blocks of 32 MB or more
     mmapped again (setting any of these stops glibc's sliding threshold: this is where it would
     sit), trimming still off. Returns whether glibc took it."""
-    mallopt = _glibc("mallopt")
+    mallopt = _glibc("mallopt", 2)
     if mallopt is None:
         return False
     if not on:
@@ -79,7 +79,7 @@ def release_freed_memory() -> bool:
     """Hand the heap's free pages back to the kernel (glibc's malloc_trim(0)), for the end of a
     training on a CPU: the update's kept memory would otherwise stay resident through whatever
     the process does next (an evaluation, `compare`'s next method). Returns whether it ran."""
-    trim = _glibc("malloc_trim")
+    trim = _glibc("malloc_trim", 1)
     if trim is None:
         return False
     trim(0)  # its result says only whether anything went back
